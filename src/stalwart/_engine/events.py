@@ -1,0 +1,260 @@
+"""History event types: the append-only record of one workflow run.
+
+Events come in two kinds:
+
+* *command* events are produced by the workflow code (``ActivityScheduled``,
+  ``TimerStarted``, ``SideEffectRecorded``, the terminal ``Workflow*`` events). On replay
+  the code must ask for the same commands in the same order, or the run has diverged.
+* *incoming* events come from the outside world (activity results, timers firing,
+  signals, cancellation). They are fed to the code in history order.
+
+Each event is a frozen dataclass; it is stored as ``{"type": ..., field: value, ...}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+JSON = Any
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base class of every history event."""
+
+    kind: ClassVar[str] = "Event"
+    is_command: ClassVar[bool] = False
+
+    def to_data(self) -> dict[str, JSON]:
+        """Return the stored form of the event's fields (without the type tag)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def describe(self) -> str:
+        """A short human description used in error messages and tables."""
+        return self.kind
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowStarted(Event):
+    """The run began with this input (positional arguments as JSON)."""
+
+    kind: ClassVar[str] = "WorkflowStarted"
+    name: str
+    version: int
+    input: list[JSON]
+    run_id: str
+    timeout: float | None = None
+
+    def describe(self) -> str:
+        return f"WorkflowStarted({self.name!r} v{self.version})"
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityScheduled(Event):
+    """The code called an activity; ``cmd`` is its position among the run's commands."""
+
+    kind: ClassVar[str] = "ActivityScheduled"
+    is_command: ClassVar[bool] = True
+    cmd: int
+    name: str
+    input: list[JSON]
+    options: dict[str, JSON]
+
+    def describe(self) -> str:
+        return f"ActivityScheduled(#{self.cmd} {self.name!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityCompleted(Event):
+    """An activity returned; its result is recorded exactly once."""
+
+    kind: ClassVar[str] = "ActivityCompleted"
+    cmd: int
+    result: JSON
+    attempt: int = 1
+
+    def describe(self) -> str:
+        return f"ActivityCompleted(#{self.cmd})"
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityAttemptFailed(Event):
+    """One attempt failed and another is due at ``retry_at`` (a durable backoff timer)."""
+
+    kind: ClassVar[str] = "ActivityAttemptFailed"
+    cmd: int
+    attempt: int
+    error: dict[str, JSON]
+    retry_at: float
+
+    def describe(self) -> str:
+        return f"ActivityAttemptFailed(#{self.cmd} attempt {self.attempt})"
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityFailed(Event):
+    """The activity failed for good (retries exhausted or non-retryable)."""
+
+    kind: ClassVar[str] = "ActivityFailed"
+    cmd: int
+    attempts: int
+    error: dict[str, JSON]
+    non_retryable: bool = False
+
+    def describe(self) -> str:
+        return f"ActivityFailed(#{self.cmd})"
+
+
+@dataclass(frozen=True, slots=True)
+class TimerStarted(Event):
+    """The code started a durable timer that fires at ``fire_at`` (epoch seconds)."""
+
+    kind: ClassVar[str] = "TimerStarted"
+    is_command: ClassVar[bool] = True
+    cmd: int
+    fire_at: float
+
+    def describe(self) -> str:
+        return f"TimerStarted(#{self.cmd})"
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired(Event):
+    """A durable timer fired."""
+
+    kind: ClassVar[str] = "TimerFired"
+    cmd: int
+
+    def describe(self) -> str:
+        return f"TimerFired(#{self.cmd})"
+
+
+@dataclass(frozen=True, slots=True)
+class SignalReceived(Event):
+    """A signal was delivered to the run (exactly once, in the order it was sent)."""
+
+    kind: ClassVar[str] = "SignalReceived"
+    name: str
+    payload: JSON
+
+    def describe(self) -> str:
+        return f"SignalReceived({self.name!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class SideEffectRecorded(Event):
+    """The value returned by ``ctx.side_effect`` (or another recorded value) at ``cmd``."""
+
+    kind: ClassVar[str] = "SideEffectRecorded"
+    is_command: ClassVar[bool] = True
+    cmd: int
+    value: JSON
+
+    def describe(self) -> str:
+        return f"SideEffectRecorded(#{self.cmd})"
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequested(Event):
+    """Someone asked the run to cancel; ``Cancelled`` is raised at the code's await."""
+
+    kind: ClassVar[str] = "CancelRequested"
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowCompleted(Event):
+    """The workflow function returned this result."""
+
+    kind: ClassVar[str] = "WorkflowCompleted"
+    is_command: ClassVar[bool] = True
+    result: JSON
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowFailed(Event):
+    """The workflow function raised."""
+
+    kind: ClassVar[str] = "WorkflowFailed"
+    is_command: ClassVar[bool] = True
+    error: dict[str, JSON]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowCancelled(Event):
+    """The workflow ended by letting ``Cancelled`` propagate."""
+
+    kind: ClassVar[str] = "WorkflowCancelled"
+    is_command: ClassVar[bool] = True
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowTerminated(Event):
+    """An operator ended the run at once; no workflow code ran."""
+
+    kind: ClassVar[str] = "WorkflowTerminated"
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowTimedOut(Event):
+    """The whole-run timeout elapsed."""
+
+    kind: ClassVar[str] = "WorkflowTimedOut"
+    timeout: float
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.kind: cls
+    for cls in (
+        WorkflowStarted,
+        ActivityScheduled,
+        ActivityCompleted,
+        ActivityAttemptFailed,
+        ActivityFailed,
+        TimerStarted,
+        TimerFired,
+        SignalReceived,
+        SideEffectRecorded,
+        CancelRequested,
+        WorkflowCompleted,
+        WorkflowFailed,
+        WorkflowCancelled,
+        WorkflowTerminated,
+        WorkflowTimedOut,
+    )
+}
+
+TERMINAL_EVENTS: dict[type[Event], str] = {
+    WorkflowCompleted: "completed",
+    WorkflowFailed: "failed",
+    WorkflowCancelled: "cancelled",
+    WorkflowTerminated: "terminated",
+    WorkflowTimedOut: "timed_out",
+}
+
+
+def event_from_data(kind: str, data: dict[str, JSON]) -> Event:
+    """Rebuild an event from its type tag and stored fields."""
+    try:
+        cls = EVENT_TYPES[kind]
+    except KeyError:
+        raise ValueError(f"unknown history event type {kind!r}") from None
+    return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEvent:
+    """An event at its position (``seq``, from 0) in a run's history, with its time."""
+
+    seq: int
+    time: float
+    event: Event
+
+    @property
+    def kind(self) -> str:
+        """The event's type name."""
+        return self.event.kind

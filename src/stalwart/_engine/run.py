@@ -1,0 +1,393 @@
+"""The replay state machine of one workflow run. Pure: no I/O, no clock, no threads.
+
+A :class:`WorkflowRun` turns history events into workflow progress and workflow code into
+new command events:
+
+* :meth:`WorkflowRun.replay` feeds a recorded history to the code. Every command the code
+  issues must match the next command event in the history (same type, same activity name);
+  incoming events (results, timers, signals) are applied in history order, and the code is
+  run until it blocks after each one. Any mismatch raises :class:`NonDeterminismError`
+  naming the event index, what history holds and what the code asked for.
+* :meth:`WorkflowRun.apply` feeds one new incoming event live and returns the events to
+  append (the incoming event followed by the commands it caused).
+
+Because command identity is the command's position (``cmd``) in deterministic creation
+order, and incoming events are applied one at a time in history order, completion order
+and race winners are part of the history and replay exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from stalwart._engine import events as ev
+from stalwart._engine.loop import WorkflowLoop
+from stalwart.errors import ActivityError, NonDeterminismError, error_info
+
+JSON = Any
+
+
+class _Diverged(BaseException):
+    """Unwinds workflow code once a divergence has been detected (never seen by users)."""
+
+
+@dataclass(slots=True)
+class PendingActivity:
+    """An activity the code is waiting for (or that is still in flight)."""
+
+    cmd: int
+    name: str
+    input: list[JSON]
+    options: dict[str, JSON]
+    future: asyncio.Future[JSON]
+    attempt: int = 1
+    retry_at: float | None = None
+    last_error: dict[str, JSON] | None = None
+
+
+@dataclass(slots=True)
+class PendingTimer:
+    """A durable timer that has not fired yet."""
+
+    cmd: int
+    fire_at: float
+    on_fire: Callable[[], None]
+
+
+@dataclass(slots=True)
+class RunOutcome:
+    """How the run ended: a terminal status and its event, or ``None`` while running."""
+
+    status: str
+    event: ev.Event
+
+
+@dataclass(slots=True)
+class _SignalChannel:
+    buffered: deque[JSON] = field(default_factory=deque)
+    waiters: deque[asyncio.Future[JSON]] = field(default_factory=deque)
+
+
+EntryFactory = Callable[[Any], Coroutine[Any, Any, Any]]
+"""Builds the workflow's main coroutine from the context object."""
+ResultEncoder = Callable[[Any], JSON]
+
+
+class WorkflowRun:
+    """Drives one run of a workflow function; see the module docstring."""
+
+    def __init__(
+        self,
+        instance_id: str,
+        started: ev.WorkflowStarted,
+        start_time: float,
+        entry: EntryFactory,
+        encode_result: ResultEncoder,
+        context_var: contextvars.ContextVar[Any] | None = None,
+        make_context: Callable[[WorkflowRun], Any] | None = None,
+    ) -> None:
+        self.instance_id = instance_id
+        self.started = started
+        self._now = start_time
+        self.loop = WorkflowLoop(  # type: ignore[abstract]
+            self.now, self._new_timer, self._cancel_timer
+        )
+        self._entry = entry
+        self._encode_result = encode_result
+        self._context_var = context_var
+        self.context: Any = make_context(self) if make_context is not None else None
+        self._next_cmd = 0
+        self.activities: dict[int, PendingActivity] = {}
+        self.timers: dict[int, PendingTimer] = {}
+        self._signals: dict[str, _SignalChannel] = {}
+        self._main: asyncio.Task[Any] | None = None
+        self.outcome: RunOutcome | None = None
+        self.cancel_requested: str | None = None
+        # Replay bookkeeping.
+        self._history: Sequence[ev.HistoryEvent] = ()
+        self._cursor = 0
+        self._new: list[ev.Event] = []
+        self._diverged: NonDeterminismError | None = None
+
+    # -- public driving API ------------------------------------------------------------
+    @property
+    def is_replaying(self) -> bool:
+        """True while the code is re-running recorded history."""
+        return self._cursor < len(self._history)
+
+    @property
+    def next_seq(self) -> int:
+        """The history position the next appended event will take."""
+        return len(self._history) + len(self._new)
+
+    def now(self) -> float:
+        """Workflow time: the time of the event being processed (deterministic)."""
+        return self._now
+
+    def replay(self, history: Sequence[ev.HistoryEvent]) -> list[ev.Event]:
+        """Re-run the code against a recorded history (``history[0]`` is WorkflowStarted).
+
+        Returns the commands the code issued after the end of the history (not yet
+        recorded); raises :class:`NonDeterminismError` on divergence.
+        """
+        self._history = history
+        self._cursor = 1
+        self._now = history[0].time
+        self._start_main()
+        self._run()
+        while self._cursor < len(history):
+            item = history[self._cursor]
+            if item.event.is_command:
+                self._diverge(self._cursor, item.event.describe(), self._blocked_description())
+            self._cursor += 1
+            self._now = item.time
+            self._apply(item.event)
+            self._run()
+        # The recorded events are no longer needed in memory, only how many there are.
+        self._history = _Length(len(history))
+        return self._take_new()
+
+    def start_fresh(self) -> list[ev.Event]:
+        """Run a new run's code until it blocks; return the commands it issued."""
+        self._history = _Length(1)
+        self._cursor = 1
+        self._start_main()
+        self._run()
+        return self._take_new()
+
+    def apply(self, event: ev.Event, time: float) -> list[ev.Event]:
+        """Apply one new incoming event live; return it followed by the commands it caused."""
+        self._now = time
+        self._new.append(event)
+        self._apply(event)
+        self._run()
+        return self._take_new()
+
+    def mark_committed(self, count: int) -> None:
+        """Record that ``count`` more events were durably appended to the history."""
+        # The history itself is not needed after replay; only its length matters.
+        self._history = _Length(len(self._history) + count)
+        self._cursor = len(self._history)
+
+    def close(self) -> None:
+        """Stop the run's tasks and drop references (the instance left memory)."""
+        if self._main is not None and not self._main.done():
+            self._main.remove_done_callback(self._on_main_done)
+            self._main.cancel()
+            # Workflow code unwinding as the instance leaves memory must not leak out.
+            with contextlib.suppress(BaseException):
+                self.loop.run_ready()
+        self.loop.close()
+
+    # -- commands issued by workflow code (called through the WorkflowContext) ----------
+    def schedule_activity(
+        self, name: str, input: list[JSON], options: dict[str, JSON]
+    ) -> asyncio.Future[JSON]:
+        """Issue an ActivityScheduled command; the future gets the JSON result."""
+        cmd = self._next_cmd
+        self._next_cmd += 1
+        self._emit(ev.ActivityScheduled(cmd=cmd, name=name, input=input, options=options))
+        fut: asyncio.Future[JSON] = self.loop.create_future()
+        self.activities[cmd] = PendingActivity(cmd, name, input, options, fut)
+        fut.add_done_callback(functools.partial(self._activity_future_done, cmd))
+        return fut
+
+    def side_effect(self, compute: Callable[[], JSON]) -> JSON:
+        """Record (live) or return the recorded (replay) value of ``compute()``."""
+        cmd = self._next_cmd
+        self._next_cmd += 1
+        if self.is_replaying:
+            recorded = self._match(ev.SideEffectRecorded(cmd=cmd, value=None))
+            assert isinstance(recorded, ev.SideEffectRecorded)
+            return recorded.value
+        value = compute()
+        self._emit(ev.SideEffectRecorded(cmd=cmd, value=value))
+        return value
+
+    def wait_signal(self, name: str) -> asyncio.Future[JSON]:
+        """A future for the next signal called ``name`` (buffered ones are taken first)."""
+        channel = self._signals.setdefault(name, _SignalChannel())
+        fut: asyncio.Future[JSON] = self.loop.create_future()
+        if channel.buffered:
+            fut.set_result(channel.buffered.popleft())
+        else:
+            channel.waiters.append(fut)
+        return fut
+
+    def pending_signal_names(self) -> list[str]:
+        """Names of signals the code is currently waiting for."""
+        return [name for name, ch in self._signals.items() if any(not w.done() for w in ch.waiters)]
+
+    # -- internals ---------------------------------------------------------------------
+    def _new_timer(self, fire_at: float, on_fire: Callable[[], None]) -> int:
+        cmd = self._next_cmd
+        self._next_cmd += 1
+        recorded = self._emit(ev.TimerStarted(cmd=cmd, fire_at=fire_at))
+        assert isinstance(recorded, ev.TimerStarted)
+        self.timers[cmd] = PendingTimer(cmd, recorded.fire_at, on_fire)
+        return cmd
+
+    def _cancel_timer(self, cmd: int) -> None:
+        self.timers.pop(cmd, None)
+
+    def _activity_future_done(self, cmd: int, fut: asyncio.Future[JSON]) -> None:
+        # A cancelled activity future (a race loser, or cancellation) is abandoned: it is
+        # no longer in flight as far as the run is concerned.
+        if fut.cancelled():
+            self.activities.pop(cmd, None)
+
+    def _start_main(self) -> None:
+        context = contextvars.copy_context()
+        if self._context_var is not None:
+            context.run(self._context_var.set, self.context)
+        self._main = self.loop.create_task(
+            self._entry(self.context), name=self.instance_id, context=context
+        )
+        self._main.add_done_callback(self._on_main_done)
+
+    def _on_main_done(self, task: asyncio.Task[Any]) -> None:
+        if self._diverged is not None or self.outcome is not None:
+            return
+        if task.cancelled():
+            self._finish("cancelled", ev.WorkflowCancelled(reason=self.cancel_requested or ""))
+            return
+        exc = task.exception()
+        if isinstance(exc, _Diverged):
+            return
+        if isinstance(exc, asyncio.CancelledError):
+            self._finish("cancelled", ev.WorkflowCancelled(reason=self.cancel_requested or ""))
+        elif exc is not None:
+            self._finish("failed", ev.WorkflowFailed(error=error_info(exc)))
+        else:
+            try:
+                data = self._encode_result(task.result())
+            except Exception as enc_exc:  # noqa: BLE001 - recorded as the run's failure
+                self._finish("failed", ev.WorkflowFailed(error=error_info(enc_exc)))
+            else:
+                self._finish("completed", ev.WorkflowCompleted(result=data))
+
+    def _finish(self, status: str, event: ev.Event) -> None:
+        try:
+            recorded = self._emit(event)
+        except _Diverged:
+            return
+        self.outcome = RunOutcome(status, recorded)
+
+    def _run(self) -> None:
+        self.loop.run_ready()
+        if self._diverged is not None:
+            raise self._diverged
+
+    def _take_new(self) -> list[ev.Event]:
+        new, self._new = self._new, []
+        return new
+
+    def _apply(self, event: ev.Event) -> None:
+        if self.outcome is not None:
+            return
+        if isinstance(event, ev.ActivityCompleted):
+            act = self.activities.pop(event.cmd, None)
+            if act is not None and not act.future.done():
+                act.future.set_result(event.result)
+        elif isinstance(event, ev.ActivityAttemptFailed):
+            act = self.activities.get(event.cmd)
+            if act is not None:
+                act.attempt = event.attempt + 1
+                act.retry_at = event.retry_at
+                act.last_error = event.error
+        elif isinstance(event, ev.ActivityFailed):
+            act = self.activities.pop(event.cmd, None)
+            if act is not None and not act.future.done():
+                err = event.error
+                act.future.set_exception(
+                    ActivityError(
+                        act.name,
+                        str(err.get("type", "Exception")),
+                        str(err.get("message", "")),
+                        traceback=str(err.get("traceback", "")),
+                        attempts=event.attempts,
+                        non_retryable=event.non_retryable,
+                    )
+                )
+        elif isinstance(event, ev.TimerFired):
+            timer = self.timers.pop(event.cmd, None)
+            if timer is not None:
+                timer.on_fire()
+        elif isinstance(event, ev.SignalReceived):
+            channel = self._signals.setdefault(event.name, _SignalChannel())
+            while channel.waiters:
+                waiter = channel.waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(event.payload)
+                    return
+            channel.buffered.append(event.payload)
+        elif isinstance(event, ev.WorkflowTerminated | ev.WorkflowTimedOut):
+            status = ev.TERMINAL_EVENTS[type(event)]
+            self.outcome = RunOutcome(status, event)
+        elif isinstance(event, ev.CancelRequested):
+            if self.cancel_requested is None:
+                self.cancel_requested = event.reason
+                if self._main is not None and not self._main.done():
+                    self._main.cancel(msg=event.reason)
+        else:
+            raise ValueError(f"{event.kind} is not an incoming event")
+
+    def _emit(self, event: ev.Event) -> ev.Event:
+        """Record a command (live) or check it against history (replay)."""
+        if self._diverged is not None:
+            raise _Diverged()
+        if self.is_replaying:
+            return self._match(event)
+        self._new.append(event)
+        return event
+
+    def _match(self, event: ev.Event) -> ev.Event:
+        index = self._cursor
+        recorded = self._history[index].event
+        if not _same_command(recorded, event):
+            self._diverge(index, recorded.describe(), event.describe())
+        self._cursor += 1
+        return recorded
+
+    def _diverge(self, index: int, expected: str, got: str) -> None:
+        self._diverged = NonDeterminismError(self.instance_id, index, expected, got)
+        raise _Diverged()
+
+    def _blocked_description(self) -> str:
+        waits = [f"activity #{a.cmd} {a.name!r}" for a in self.activities.values()]
+        waits += [f"timer #{t.cmd}" for t in self.timers.values()]
+        waits += [f"signal {n!r}" for n in self.pending_signal_names()]
+        if self.outcome is not None:
+            return f"nothing more (the run {self.outcome.status})"
+        return "nothing more (it waits for " + (", ".join(waits) or "nothing") + ")"
+
+
+class _Length(Sequence[ev.HistoryEvent]):
+    """Stands in for a committed history whose events are no longer kept in memory."""
+
+    def __init__(self, length: int) -> None:
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: Any) -> Any:
+        raise IndexError("committed history is not kept in memory")
+
+
+def _same_command(recorded: ev.Event, issued: ev.Event) -> bool:
+    if type(recorded) is not type(issued):
+        return False
+    if isinstance(recorded, ev.ActivityScheduled):
+        assert isinstance(issued, ev.ActivityScheduled)
+        return recorded.cmd == issued.cmd and recorded.name == issued.name
+    if isinstance(recorded, ev.TimerStarted | ev.SideEffectRecorded):
+        return recorded.cmd == getattr(issued, "cmd", None)
+    return True

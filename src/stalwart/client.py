@@ -1,0 +1,479 @@
+"""The engine (client and, optionally, worker) and workflow handles."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from stalwart._engine.events import HistoryEvent, WorkflowStarted, WorkflowTerminated
+from stalwart.codec import Codec, TypeConverter
+from stalwart.decorators import (
+    ActivityDefinition,
+    Registry,
+    WorkflowDefinition,
+    WorkflowInvocation,
+    default_registry,
+)
+from stalwart.errors import (
+    ConfigurationError,
+    EncodingError,
+    StalwartError,
+    WorkflowAlreadyStartedError,
+    WorkflowClosedError,
+    WorkflowFailedError,
+    WorkflowNotFoundError,
+)
+from stalwart.runtime.clock import Clock, RealClock
+from stalwart.runtime.committer import GroupCommitter
+from stalwart.runtime.worker import Worker, WorkerOptions
+from stalwart.store import open_store
+from stalwart.store.base import (
+    ALL_STATUSES,
+    TERMINAL_STATUSES,
+    CreateInstance,
+    InstanceRecord,
+    ListFilter,
+    Resume,
+    SendMessage,
+    Store,
+    Terminate,
+)
+
+R = TypeVar("R")
+MAX_ID_LENGTH = 255
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowDescription:
+    """What ``handle.describe()`` and ``engine.list()`` report about an instance."""
+
+    id: str
+    name: str
+    version: int
+    status: str
+    run_id: str
+    created_at: datetime
+    updated_at: datetime
+    current_step: str | None
+    error: dict[str, Any] | None
+    owner: str | None
+    history_length: int
+    wake_at: datetime | None
+
+    @classmethod
+    def from_record(cls, rec: InstanceRecord) -> WorkflowDescription:
+        """Build from a stored instance record."""
+        return cls(
+            id=rec.id,
+            name=rec.name,
+            version=rec.version,
+            status=rec.status,
+            run_id=rec.run_id,
+            created_at=_dt(rec.created_at),
+            updated_at=_dt(rec.updated_at),
+            current_step=rec.current_step,
+            error=rec.error,
+            owner=rec.owner,
+            history_length=rec.history_len,
+            wake_at=_dt(rec.wake_at) if rec.wake_at is not None else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowList:
+    """A page of instances; pass ``next_cursor`` to ``engine.list`` for the next page."""
+
+    items: list[WorkflowDescription]
+    next_cursor: str | None
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=UTC)
+
+
+def validate_instance_id(instance_id: str) -> str:
+    """Refuse empty, overlong or control-character ids before anything is stored."""
+    if not isinstance(instance_id, str):
+        raise ConfigurationError(f"workflow id must be a string, got {instance_id!r}")
+    if not instance_id or not instance_id.strip():
+        raise ConfigurationError("workflow id must not be empty")
+    if len(instance_id) > MAX_ID_LENGTH:
+        raise ConfigurationError(f"workflow id is longer than {MAX_ID_LENGTH} characters")
+    if not instance_id.isprintable():
+        raise ConfigurationError(f"workflow id {instance_id!r} contains control characters")
+    return instance_id
+
+
+class Engine:
+    """Starts, inspects and (unless ``worker=False``) runs durable workflows.
+
+    ``url`` picks the store: ``sqlite:///path.db`` (the default is ``./stalwart.db``) or
+    ``memory://``. Use it as an async context manager::
+
+        async with Engine("sqlite:///app.db") as engine:
+            receipt = await process_order.run(engine, order, id="order-1")
+
+    ``workflows`` / ``activities`` restrict the engine to explicit definitions; by
+    default it serves everything decorated in imported modules.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        worker: bool = True,
+        workflows: Sequence[WorkflowDefinition[Any, Any]] | None = None,
+        activities: Sequence[ActivityDefinition[Any, Any]] | None = None,
+        codec: Codec | None = None,
+        options: WorkerOptions | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.url = url
+        self.registry = _build_registry(workflows, activities)
+        self.converter = TypeConverter()
+        self.options = options or WorkerOptions()
+        self.clock: Clock = clock or RealClock()
+        self._codec = codec
+        self._want_worker = worker
+        self._store: Store | None = None
+        self._committer: GroupCommitter | None = None
+        self.worker: Worker | None = None
+        self._closed_events: dict[str, asyncio.Event] = {}
+        self._stop_requested: asyncio.Event | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def __aenter__(self) -> Engine:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Open the store (applying migrations) and start the worker if enabled."""
+        if self._store is not None:
+            return
+        store = open_store(self.url, codec=self._codec, clock=self.clock.now)
+        await store.open()
+        self._store = store
+        self._committer = GroupCommitter(store)
+        self._committer.start()
+        if self._want_worker:
+            self.worker = Worker(
+                store=store,
+                committer=self._committer,
+                registry=self.registry,
+                converter=self.converter,
+                clock=self.clock,
+                options=self.options,
+                on_closed=self._instance_closed,
+            )
+            await self.worker.start()
+
+    async def close(self) -> None:
+        """Stop the worker gracefully (handing back unfinished work) and close the store."""
+        if self._store is None:
+            return
+        if self.worker is not None:
+            await self.worker.stop()
+            self.worker = None
+        if self._committer is not None:
+            await self._committer.close()
+        await self._store.close()
+        self._store = None
+
+    @property
+    def store(self) -> Store:
+        """The open store (raises if the engine is not open)."""
+        if self._store is None:
+            raise StalwartError("the engine is not open: use 'async with Engine(...)'")
+        return self._store
+
+    @property
+    def committer(self) -> GroupCommitter:
+        """The group committer shared by the client and the worker."""
+        if self._committer is None:
+            raise StalwartError("the engine is not open: use 'async with Engine(...)'")
+        return self._committer
+
+    async def run_worker(self) -> None:
+        """Run the worker until SIGINT/SIGTERM or :meth:`request_stop`."""
+        if not self._want_worker:
+            raise ConfigurationError("this engine was created with worker=False")
+        await self.open()
+        self._stop_requested = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stop_requested.set)
+        try:
+            await self._stop_requested.wait()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run_worker` to return (the engine then closes gracefully)."""
+        if self._stop_requested is not None:
+            self._stop_requested.set()
+
+    # -- starting ----------------------------------------------------------------------
+    async def start(
+        self, invocation: WorkflowInvocation[R], *, id: str | None = None
+    ) -> WorkflowHandle[R]:
+        """Start ``wf(args...)`` (idempotent on ``id``) and return its typed handle."""
+        defn = invocation.workflow
+        data = defn.signature.encode_args(self.converter, invocation.args, invocation.kwargs)
+        return await self._create(defn.name, defn.version, data, defn.timeout, id, defn)
+
+    async def start_by_name(
+        self, name: str, input: list[Any], *, id: str | None = None
+    ) -> WorkflowHandle[Any]:
+        """Start a workflow by registered name with JSON arguments (used by the CLI).
+
+        When the workflow is registered here its arguments are checked against its
+        parameter types; otherwise they are stored as given for a worker that knows it.
+        """
+        if not isinstance(input, list):
+            raise EncodingError("workflow input must be a JSON list of arguments")
+        defn = self.registry.workflow(name)
+        if defn is None:
+            return await self._create(name, 1, input, None, id, None)
+        values = defn.signature.decode_args(self.converter, input)
+        data = defn.signature.encode_args(self.converter, values, {})
+        return await self._create(name, defn.version, data, defn.timeout, id, defn)
+
+    async def _create(
+        self,
+        name: str,
+        version: int,
+        data: list[Any],
+        timeout: float | None,
+        instance_id: str | None,
+        defn: WorkflowDefinition[Any, Any] | None,
+    ) -> WorkflowHandle[Any]:
+        instance_id = (
+            validate_instance_id(instance_id) if instance_id is not None else (uuid.uuid4().hex)
+        )
+        run_id = uuid.uuid4().hex
+        started = WorkflowStarted(
+            name=name, version=version, input=data, run_id=run_id, timeout=timeout
+        )
+        worker = self.worker
+        local = worker is not None and defn is not None and self.registry.workflow(name) is defn
+        outcome = await self.committer.submit(
+            CreateInstance(
+                instance_id,
+                name,
+                version,
+                run_id,
+                data,
+                started,
+                owner=worker.id if local and worker is not None else None,
+            )
+        )
+        rec = outcome.record
+        assert rec is not None
+        if not outcome.created:
+            if rec.name != name:
+                raise WorkflowAlreadyStartedError(
+                    instance_id, f"it is a {rec.name!r} workflow, not {name!r}"
+                )
+            if rec.input != data:
+                raise WorkflowAlreadyStartedError(instance_id, "it was started with other input")
+        elif local and worker is not None and defn is not None:
+            worker.adopt_new(instance_id, run_id, rec.epoch, defn, started, rec.created_at)
+        elif worker is not None:
+            worker.kick()
+        return WorkflowHandle(self, instance_id, defn)
+
+    # -- inspecting --------------------------------------------------------------------
+    def get_handle(self, instance_id: str) -> WorkflowHandle[Any]:
+        """A handle to an existing instance (its result is decoded if the workflow is
+        registered here)."""
+        return WorkflowHandle(self, instance_id, None)
+
+    async def list(
+        self,
+        *,
+        name: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> WorkflowList:
+        """Instances, newest first, filtered by name and/or status, paged by cursor."""
+        if status is not None and status not in ALL_STATUSES:
+            raise ConfigurationError(
+                f"unknown status {status!r}; expected one of {', '.join(ALL_STATUSES)}"
+            )
+        if not isinstance(limit, int) or limit < 1 or limit > 10_000:
+            raise ConfigurationError(f"limit must be between 1 and 10000, got {limit!r}")
+        page = await self.store.list_instances(
+            ListFilter(name=name, status=status), limit=limit, cursor=cursor
+        )
+        return WorkflowList(
+            [WorkflowDescription.from_record(r) for r in page.items], page.next_cursor
+        )
+
+    # -- internal notifications ----------------------------------------------------------
+    def _instance_closed(self, instance_id: str) -> None:
+        event = self._closed_events.get(instance_id)
+        if event is not None:
+            event.set()
+
+    def _closed_event(self, instance_id: str) -> asyncio.Event:
+        event = self._closed_events.get(instance_id)
+        if event is None:
+            event = self._closed_events[instance_id] = asyncio.Event()
+        return event
+
+
+def _build_registry(
+    workflows: Sequence[WorkflowDefinition[Any, Any]] | None,
+    activities: Sequence[ActivityDefinition[Any, Any]] | None,
+) -> Registry:
+    registry = Registry()
+    for wf in workflows if workflows is not None else default_registry.workflows():
+        if not isinstance(wf, WorkflowDefinition):
+            raise ConfigurationError(f"workflows= takes @workflow functions, got {wf!r}")
+        registry.add_workflow(wf)
+    for act in activities if activities is not None else default_registry.activities():
+        if not isinstance(act, ActivityDefinition):
+            raise ConfigurationError(f"activities= takes @activity functions, got {act!r}")
+        registry.add_activity(act)
+    registry.check_unique()
+    return registry
+
+
+class WorkflowHandle(Generic[R]):
+    """A reference to one workflow instance, by id."""
+
+    def __init__(
+        self, engine: Engine, instance_id: str, defn: WorkflowDefinition[Any, R] | None
+    ) -> None:
+        self.engine = engine
+        self.id = instance_id
+        self._defn = defn
+
+    def __repr__(self) -> str:
+        return f"<WorkflowHandle {self.id!r}>"
+
+    async def _record(self) -> InstanceRecord:
+        rec = await self.engine.store.get_instance(self.id)
+        if rec is None:
+            raise WorkflowNotFoundError(self.id)
+        return rec
+
+    async def exists(self) -> bool:
+        """Whether the instance exists."""
+        return await self.engine.store.get_instance(self.id) is not None
+
+    async def status(self) -> str:
+        """The instance's status (``pending``, ``running``, ``suspended``, ``completed``...)."""
+        return (await self._record()).status
+
+    async def describe(self) -> WorkflowDescription:
+        """Name, version, status, timestamps, current step and error of the instance."""
+        return WorkflowDescription.from_record(await self._record())
+
+    async def history(self) -> list[HistoryEvent]:
+        """The current run's events, in order."""
+        rec = await self._record()
+        return await self.engine.store.load_history(rec.id, rec.run_id)
+
+    async def result(self, timeout: float | None = None) -> R:
+        """Wait for the run to end and return its typed result.
+
+        Raises :class:`WorkflowFailedError` if it failed, was cancelled, terminated or
+        timed out, and :class:`TimeoutError` if ``timeout`` seconds pass first.
+        """
+        rec = await asyncio.wait_for(self._wait_closed(), timeout)
+        if rec.status == "completed":
+            defn = self._defn or self.engine.registry.workflow(rec.name)
+            if defn is None:
+                value: R = rec.output
+                return value
+            decoded: R = defn.signature.decode_result(self.engine.converter, rec.output)
+            return decoded
+        err = rec.error or {}
+        raise WorkflowFailedError(
+            self.id,
+            rec.status,
+            str(err.get("message", "")),
+            error_type=str(err.get("type", "")),
+            traceback=str(err.get("traceback", "")),
+        )
+
+    async def _wait_closed(self) -> InstanceRecord:
+        event = self.engine._closed_event(self.id)
+        delay = 0.005
+        try:
+            while True:
+                rec = await self._record()
+                if rec.status in TERMINAL_STATUSES:
+                    return rec
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), delay)
+                delay = min(delay * 2, 0.5)
+        finally:
+            self.engine._closed_events.pop(self.id, None)
+
+    async def signal(self, name: str, payload: Any = None) -> None:
+        """Deliver a signal; once this returns the signal is durably accepted.
+
+        Raises :class:`WorkflowNotFoundError` or :class:`WorkflowClosedError`.
+        """
+        if not isinstance(name, str) or not name or not name.isprintable():
+            raise ConfigurationError(f"signal name must be a non-empty string, got {name!r}")
+        data = self.engine.converter.to_data(payload, Any, path=f"signal {name!r} payload")
+        await self._send("signal", name, data)
+
+    async def cancel(self, reason: str = "") -> None:
+        """Ask the workflow to cancel: ``stalwart.Cancelled`` is raised at its current
+        await. Cancelling an instance that already ended does nothing."""
+        try:
+            await self._send("cancel", "", reason)
+        except WorkflowClosedError:
+            return
+
+    async def _send(self, kind: str, name: str, payload: Any) -> None:
+        outcome = await self.engine.committer.submit(SendMessage(self.id, kind, name, payload))
+        if outcome.error == "not_found":
+            raise WorkflowNotFoundError(self.id)
+        if outcome.error == "closed":
+            status = outcome.record.status if outcome.record else "closed"
+            raise WorkflowClosedError(self.id, status)
+        if self.engine.worker is not None:
+            self.engine.worker.notify(self.id)
+
+    async def terminate(self, reason: str = "") -> None:
+        """End the instance at once; no workflow code runs (already ended: no-op)."""
+        outcome = await self.engine.committer.submit(
+            Terminate(self.id, WorkflowTerminated(reason=reason))
+        )
+        if outcome.error == "not_found":
+            raise WorkflowNotFoundError(self.id)
+        if outcome.ok:
+            if self.engine.worker is not None:
+                self.engine.worker.forget(self.id)
+            self.engine._instance_closed(self.id)
+
+    async def resume(self) -> bool:
+        """Retry a ``suspended`` instance on the current code; False if it was not
+        suspended."""
+        outcome = await self.engine.committer.submit(Resume(self.id))
+        if outcome.error == "not_found":
+            raise WorkflowNotFoundError(self.id)
+        if outcome.ok and self.engine.worker is not None:
+            self.engine.worker.kick()
+        return outcome.ok

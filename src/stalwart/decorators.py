@@ -1,0 +1,312 @@
+"""``@workflow`` and ``@activity``: turning functions into durable definitions.
+
+Decorating registers the definition in the default :class:`Registry` (so importing a
+module is enough for an engine to find it); an engine may instead be given explicit lists.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
+
+from stalwart.codec import Signature
+from stalwart.context import WorkflowContext, current_workflow_context
+from stalwart.errors import ConfigurationError
+from stalwart.retry import RetryPolicy, as_seconds
+
+if TYPE_CHECKING:
+    from stalwart.client import Engine, WorkflowHandle
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Registry:
+    """Workflows and activities known by name.
+
+    The default registry collects everything decorated; an engine builds its own from it
+    (or from explicit lists) and refuses two different definitions under one name.
+    """
+
+    def __init__(self) -> None:
+        self._workflows: dict[str, list[WorkflowDefinition[Any, Any]]] = {}
+        self._activities: dict[str, list[ActivityDefinition[Any, Any]]] = {}
+
+    def add_workflow(self, defn: WorkflowDefinition[Any, Any]) -> None:
+        """Register a workflow definition (re-registering the same function replaces it)."""
+        _add(self._workflows, defn.name, defn)
+
+    def add_activity(self, defn: ActivityDefinition[Any, Any]) -> None:
+        """Register an activity definition (re-registering the same function replaces it)."""
+        _add(self._activities, defn.name, defn)
+
+    def workflow(self, name: str) -> WorkflowDefinition[Any, Any] | None:
+        """The workflow registered under ``name``, if there is exactly one."""
+        found = self._workflows.get(name)
+        return found[-1] if found and len(found) == 1 else None
+
+    def activity(self, name: str) -> ActivityDefinition[Any, Any] | None:
+        """The activity registered under ``name``, if there is exactly one."""
+        found = self._activities.get(name)
+        return found[-1] if found and len(found) == 1 else None
+
+    def workflows(self) -> list[WorkflowDefinition[Any, Any]]:
+        """Every registered workflow."""
+        return [d for defs in self._workflows.values() for d in defs]
+
+    def activities(self) -> list[ActivityDefinition[Any, Any]]:
+        """Every registered activity."""
+        return [d for defs in self._activities.values() for d in defs]
+
+    def workflow_names(self) -> list[str]:
+        """Names of the registered workflows, sorted."""
+        return sorted(self._workflows)
+
+    def check_unique(self) -> None:
+        """Refuse two different functions registered under one name."""
+        for kind, table in (("workflow", self._workflows), ("activity", self._activities)):
+            for name, defs in table.items():
+                if len(defs) > 1:
+                    where = ", ".join(f"{d.fn.__module__}.{d.fn.__qualname__}" for d in defs)
+                    raise ConfigurationError(
+                        f"two {kind}s are registered under the name {name!r} ({where}); "
+                        f"give one of them name=..."
+                    )
+
+
+def _add(table: dict[str, list[Any]], name: str, defn: Any) -> None:
+    defs = table.setdefault(name, [])
+    key = (defn.fn.__module__, defn.fn.__qualname__)
+    defs[:] = [d for d in defs if (d.fn.__module__, d.fn.__qualname__) != key]
+    defs.append(defn)
+
+
+default_registry = Registry()
+"""Every ``@workflow`` and ``@activity`` registers here when its module is imported."""
+
+
+# ----------------------------------------------------------------------------- activities
+class ActivityDefinition(Generic[P, R]):
+    """An activity: a plain function doing I/O, called durably from workflows.
+
+    Inside a workflow, calling it returns an awaitable durable call (the result is
+    recorded once; retries follow the policy). Outside a workflow it is a plain call, so
+    activities can be unit-tested directly.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[P, Any],
+        *,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | timedelta | None = None,
+    ) -> None:
+        if not callable(fn):
+            raise ConfigurationError(f"@activity decorates a function, got {fn!r}")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ConfigurationError(f"@activity(retry=...) takes a RetryPolicy, got {retry!r}")
+        self.fn = fn
+        self.name = name or fn.__name__
+        _check_name(self.name, "activity")
+        self.retry = retry or RetryPolicy()
+        self.timeout = as_seconds(timeout, f"@activity {self.name!r} timeout")
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.signature = Signature(fn, skip_first=False, label=self.name)
+        self.__doc__ = fn.__doc__
+        self.__name__ = fn.__name__
+        self.__qualname__ = fn.__qualname__
+        self.__module__ = fn.__module__
+        self.__wrapped__ = fn
+
+    def options_data(
+        self, *, retry: RetryPolicy | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """The effective options of one call, as recorded in its ActivityScheduled event."""
+        return {
+            "retry": (retry or self.retry).to_data(),
+            "timeout": timeout if timeout is not None else self.timeout,
+        }
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        ctx = current_workflow_context()
+        if ctx is None:
+            return self.fn(*args, **kwargs)
+        return ctx.call_activity(self, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<activity {self.name!r}>"
+
+
+@overload
+def activity(fn: Callable[P, R], /) -> ActivityDefinition[P, R]: ...
+
+
+@overload
+def activity(
+    *,
+    name: str | None = None,
+    retry: RetryPolicy | None = None,
+    timeout: float | timedelta | None = None,
+) -> Callable[[Callable[P, R]], ActivityDefinition[P, R]]: ...
+
+
+def activity(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    retry: RetryPolicy | None = None,
+    timeout: float | timedelta | None = None,
+) -> ActivityDefinition[P, R] | Callable[[Callable[P, R]], ActivityDefinition[P, R]]:
+    """Declare an activity; usable bare (``@activity``) or with options.
+
+    ``retry`` is the :class:`RetryPolicy` (default: 3 attempts, exponential backoff);
+    ``timeout`` bounds each attempt (start-to-close), in seconds or as a ``timedelta``.
+    Sync functions run in a thread pool, async ones on the worker's event loop.
+    """
+
+    def wrap(f: Callable[P, R]) -> ActivityDefinition[P, R]:
+        defn: ActivityDefinition[P, R] = ActivityDefinition(
+            f, name=name, retry=retry, timeout=timeout
+        )
+        default_registry.add_activity(defn)
+        return defn
+
+    return wrap(fn) if fn is not None else wrap
+
+
+# ------------------------------------------------------------------------------ workflows
+@dataclass(frozen=True, slots=True)
+class WorkflowInvocation(Generic[R]):
+    """A workflow applied to its arguments, ready to start: ``engine.start(wf(x), id=...)``."""
+
+    workflow: WorkflowDefinition[Any, R]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+class WorkflowDefinition(Generic[P, R]):
+    """A workflow: a deterministic ``async def`` whose first parameter is the context."""
+
+    def __init__(
+        self,
+        fn: Callable[Concatenate[WorkflowContext, P], Awaitable[R]],
+        *,
+        name: str | None = None,
+        version: int = 1,
+        timeout: float | timedelta | None = None,
+    ) -> None:
+        if not inspect.iscoroutinefunction(fn):
+            raise ConfigurationError(
+                f"@workflow decorates an 'async def' function, got {getattr(fn, '__name__', fn)!r}"
+            )
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ConfigurationError(f"@workflow version must be an integer >= 1, got {version!r}")
+        self.fn = fn
+        self.name = name or fn.__name__
+        _check_name(self.name, "workflow")
+        self.version = version
+        self.timeout = as_seconds(timeout, f"@workflow {self.name!r} timeout")
+        self.signature = Signature(fn, skip_first=True, label=self.name)
+        self.__doc__ = fn.__doc__
+        self.__name__ = fn.__name__
+        self.__qualname__ = fn.__qualname__
+        self.__module__ = fn.__module__
+        self.__wrapped__ = fn
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> WorkflowInvocation[R]:
+        """Outside a workflow: bind arguments for the typed ``engine.start(wf(...))`` form."""
+        if current_workflow_context() is not None:
+            raise ConfigurationError(
+                f"calling workflow {self.name!r} from inside a workflow is not supported: "
+                "child workflows are not available in this version"
+            )
+        return WorkflowInvocation(self, args, dict(kwargs))
+
+    async def start(
+        self, engine: Engine, *args: Any, id: str | None = None, **kwargs: Any
+    ) -> WorkflowHandle[R]:
+        """Start an instance (idempotent on ``id``) and return its handle."""
+        return await engine.start(WorkflowInvocation(self, args, kwargs), id=id)
+
+    async def run(
+        self,
+        engine: Engine,
+        *args: Any,
+        id: str | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> R:
+        """Start an instance and wait for its typed result."""
+        handle = await self.start(engine, *args, id=id, **kwargs)
+        return await handle.result(timeout=timeout)
+
+    def entry(
+        self, ctx: WorkflowContext, args: list[Any]
+    ) -> Callable[[], Coroutine[Any, Any, Any]]:
+        """The coroutine factory the runtime runs for one run of this workflow."""
+        fn: Callable[..., Any] = self.fn
+
+        async def main() -> Any:
+            return await fn(ctx, *args)
+
+        return main
+
+    def __repr__(self) -> str:
+        return f"<workflow {self.name!r} v{self.version}>"
+
+
+@overload
+def workflow(
+    fn: Callable[Concatenate[WorkflowContext, P], Awaitable[R]], /
+) -> WorkflowDefinition[P, R]: ...
+
+
+@overload
+def workflow(
+    *,
+    name: str | None = None,
+    version: int = 1,
+    timeout: float | timedelta | None = None,
+) -> Callable[
+    [Callable[Concatenate[WorkflowContext, P], Awaitable[R]]], WorkflowDefinition[P, R]
+]: ...
+
+
+def workflow(
+    fn: Callable[Concatenate[WorkflowContext, P], Awaitable[R]] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    version: int = 1,
+    timeout: float | timedelta | None = None,
+) -> (
+    WorkflowDefinition[P, R]
+    | Callable[[Callable[Concatenate[WorkflowContext, P], Awaitable[R]]], WorkflowDefinition[P, R]]
+):
+    """Declare a workflow; usable bare (``@workflow``) or with options.
+
+    ``name`` defaults to the function's name, ``version`` to 1 and ``timeout`` (the whole
+    run, in seconds or as a ``timedelta``) to none.
+    """
+
+    def wrap(
+        f: Callable[Concatenate[WorkflowContext, P], Awaitable[R]],
+    ) -> WorkflowDefinition[P, R]:
+        defn = WorkflowDefinition(f, name=name, version=version, timeout=timeout)
+        default_registry.add_workflow(defn)
+        return defn
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def _check_name(name: str, kind: str) -> None:
+    if not isinstance(name, str) or not name or len(name) > 200 or not name.isprintable():
+        raise ConfigurationError(
+            f"{kind} name must be a non-empty printable string of at most 200 characters, "
+            f"got {name!r}"
+        )

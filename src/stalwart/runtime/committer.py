@@ -1,0 +1,83 @@
+"""Group commit: concurrent writes share one transaction, each waiter resumes when durable.
+
+Writers call :meth:`GroupCommitter.submit`; a single background task takes everything
+queued, hands it to :meth:`Store.write` as one batch (one transaction, one fsync), and
+resolves each waiter with its own outcome only after the commit returned. There is no
+artificial delay: while one batch commits, the next one accumulates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from stalwart.store.base import Store, WriteOp, WriteOutcome
+
+logger = logging.getLogger("stalwart.runtime")
+
+
+class GroupCommitter:
+    """Batches writes from concurrent workflows into shared transactions."""
+
+    def __init__(self, store: Store, *, max_batch: int = 512) -> None:
+        self._store = store
+        self._max_batch = max_batch
+        self._queue: list[tuple[WriteOp, asyncio.Future[WriteOutcome]]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.batches = 0
+        self.ops = 0
+
+    def start(self) -> None:
+        """Start the background commit task."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="group-commit")
+
+    async def close(self) -> None:
+        """Commit what is queued, then stop."""
+        self._closed = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    async def submit(self, op: WriteOp) -> WriteOutcome:
+        """Queue one operation and wait until it is durably committed (or refused)."""
+        return (await self.submit_many([op]))[0]
+
+    async def submit_many(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
+        """Queue several operations (committed in the same or consecutive batches)."""
+        if self._task is None or self._closed:
+            return await self._store.write(ops)
+        loop = asyncio.get_running_loop()
+        futures = []
+        for op in ops:
+            fut: asyncio.Future[WriteOutcome] = loop.create_future()
+            self._queue.append((op, fut))
+            futures.append(fut)
+        self._wakeup.set()
+        return list(await asyncio.gather(*futures))
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closed:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = self._queue[: self._max_batch]
+            del self._queue[: len(batch)]
+            try:
+                outcomes = await self._store.write([op for op, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - every waiter receives the failure
+                logger.warning("group commit of %d operation(s) failed: %s", len(batch), exc)
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            self.batches += 1
+            self.ops += len(batch)
+            for (_, fut), outcome in zip(batch, outcomes, strict=True):
+                if not fut.done():
+                    fut.set_result(outcome)

@@ -1,0 +1,520 @@
+"""The worker: owns instances through leases and drives them to completion.
+
+* A worker incarnation registers a lease (renewed by a thread, see ``heartbeat.py``).
+* The claim loop takes runnable instances from the store: unowned ones that are due, and
+  those whose owner's lease expired (a same-host owner whose process is gone is expired
+  at once). It wakes on in-process kicks, on the next known due time, or on a slow poll.
+* Each owned instance is driven by :meth:`Worker._drive` while it has work: incoming
+  events are applied to the replayed run, and the resulting events are committed in one
+  compare-and-set write (group-committed with other instances' writes). Only after that
+  write is durable are new activities started and timers armed.
+* Blocked instances stay in memory (sticky) up to ``max_cached``; instances blocked on a
+  far timer are released to the store and reloaded by replay when due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from stalwart._engine import events as ev
+from stalwart.codec import TypeConverter
+from stalwart.decorators import Registry, WorkflowDefinition
+from stalwart.errors import EncodingError, NonDeterminismError, StoreError, error_info
+from stalwart.runtime.activity_exec import execute_attempt
+from stalwart.runtime.clock import Clock
+from stalwart.runtime.committer import GroupCommitter
+from stalwart.runtime.heartbeat import HeartbeatThread
+from stalwart.runtime.instance import LiveInstance, build_instance
+from stalwart.store.base import ACTIVE_STATUSES, AppendEvents, Claim, Store, Suspend, WorkerRecord
+
+logger = logging.getLogger("stalwart.runtime")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """Tuning knobs of a worker (see docs/architecture.md for the trade-offs)."""
+
+    name: str | None = None
+    """A readable name for this worker (default ``host:pid``)."""
+    lease_seconds: float = 15.0
+    """How long a dead worker's instances stay untouched before others take over."""
+    poll_interval: float = 0.5
+    """Fallback poll for work made by other processes (in-process work wakes at once)."""
+    max_cached: int = 10_000
+    """Blocked instances kept in memory; beyond this they are released to the store."""
+    sticky_seconds: float = 30.0
+    """Instances blocked on a timer further away than this are released to the store."""
+    claim_batch: int = 100
+    """Instances claimed per store round trip."""
+    activity_threads: int = 32
+    """Threads for synchronous activities."""
+    max_concurrent_activities: int = 1_000
+    """Activity attempts running at once in this worker."""
+    max_concurrent_loads: int = 32
+    """Instances being loaded (history read and replayed) at once."""
+    shutdown_grace: float = 10.0
+    """Seconds a graceful stop waits for running activities before handing them back."""
+
+
+def host_identity() -> str:
+    """This host (and pid namespace), so a worker can tell a same-host owner is dead."""
+    try:
+        pidns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        pidns = 0
+    return f"{socket.gethostname()}|{pidns}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Worker:
+    """Runs workflows and their inline activities; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        committer: GroupCommitter,
+        registry: Registry,
+        converter: TypeConverter,
+        clock: Clock,
+        options: WorkerOptions,
+        on_closed: Callable[[str], None],
+    ) -> None:
+        self.store = store
+        self.committer = committer
+        self.registry = registry
+        self.converter = converter
+        self.clock = clock
+        self.options = options
+        self._on_closed = on_closed
+        self.name = options.name or f"{socket.gethostname()}:{os.getpid()}"
+        self.id = f"{self.name}-{uuid.uuid4().hex[:12]}"
+        self.names = registry.workflow_names()
+        self.live: dict[str, LiveInstance] = {}
+        self._executor = ThreadPoolExecutor(
+            options.activity_threads, thread_name_prefix="stalwart-activity"
+        )
+        self._activity_slots = asyncio.Semaphore(options.max_concurrent_activities)
+        self._load_slots = asyncio.Semaphore(options.max_concurrent_loads)
+        self._scan_kick = asyncio.Event()
+        self._scan_task: asyncio.Task[None] | None = None
+        self._loading: set[str] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._heartbeat: HeartbeatThread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self._draining = False
+        self._store_failing = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        """Register the lease, start renewing it and start claiming work."""
+        self._loop = asyncio.get_running_loop()
+        await self._register()
+        ttl = self.options.lease_seconds
+        self._heartbeat = HeartbeatThread(
+            self.store.heartbeat_session(),
+            self.id,
+            ttl=ttl,
+            interval=ttl / 3,
+            on_lost=self._lease_lost,
+        )
+        self._heartbeat.start()
+        self._scan_task = self._loop.create_task(self._scan_loop(), name="stalwart-claims")
+
+    async def _register(self) -> None:
+        now = self.store.now()
+        await self.store.register_worker(
+            WorkerRecord(
+                self.id,
+                self.name,
+                host_identity(),
+                os.getpid(),
+                now,
+                now + self.options.lease_seconds,
+            )
+        )
+
+    def _lease_lost(self) -> None:
+        # Called from the heartbeat thread: re-register on the loop. Instances another
+        # worker took over meanwhile are fenced: our next write to them is refused.
+        loop = self._loop
+        if loop is not None and not self._stopping:
+            asyncio.run_coroutine_threadsafe(self._register(), loop)
+
+    async def stop(self) -> None:
+        """Stop claiming, let running activities finish (up to the grace period), hand back
+        every instance still owned and release the lease."""
+        self._stopping = True
+        self._draining = True
+        self._scan_kick.set()
+        if self._scan_task is not None:
+            await self._scan_task
+        deadline = self.clock.now() + self.options.shutdown_grace
+        while self.clock.now() < deadline and any(
+            inst.activity_tasks or (inst.driving and not inst.driving.done())
+            for inst in self.live.values()
+        ):
+            await asyncio.sleep(0.02)
+        for inst in list(self.live.values()):
+            self._drop(inst)
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self._heartbeat is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._heartbeat.stop)
+        await self.store.deregister_worker(self.id)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- entry points used by the engine -------------------------------------------------
+    def kick(self) -> None:
+        """Look for claimable work now (something was started, signalled or resumed)."""
+        self._scan_kick.set()
+
+    def notify(self, instance_id: str) -> None:
+        """The instance's inbox changed: deliver at once if it is here, else claim it."""
+        inst = self.live.get(instance_id)
+        if inst is None:
+            self.kick()
+            return
+        inst.inbox_dirty = True
+        self._kick(inst)
+
+    def forget(self, instance_id: str) -> None:
+        """The instance was ended from outside (terminated): drop it from memory."""
+        inst = self.live.get(instance_id)
+        if inst is not None:
+            self._drop(inst)
+
+    def adopt_new(
+        self,
+        instance_id: str,
+        run_id: str,
+        epoch: int,
+        defn: WorkflowDefinition[Any, Any],
+        started: ev.WorkflowStarted,
+        start_time: float,
+    ) -> None:
+        """Run an instance this process just created and owns (no store read needed)."""
+        inst = build_instance(
+            instance_id=instance_id,
+            run_id=run_id,
+            epoch=epoch,
+            defn=defn,
+            started=started,
+            start_time=start_time,
+            converter=self.converter,
+        )
+        inst.inbox_dirty = False
+        self.live[instance_id] = inst
+        inst.unsaved = inst.run.start_fresh()
+        self._kick(inst)
+
+    # -- claiming ------------------------------------------------------------------------
+    async def _scan_loop(self) -> None:
+        next_liveness = 0.0
+        while not self._stopping:
+            self._scan_kick.clear()
+            try:
+                if self.clock.now() >= next_liveness:
+                    await self._expire_dead_local_workers()
+                    next_liveness = self.clock.now() + 1.0
+                claims = await self.store.claim(self.id, self.names, limit=self.options.claim_batch)
+                for claim in claims:
+                    self._on_claim(claim)
+                if len(claims) >= self.options.claim_batch:
+                    await asyncio.sleep(0)
+                    continue
+                wake = await self.store.next_wake(self.names)
+                self._store_ok()
+            except StoreError as exc:
+                self._store_failed(exc)
+                wake = None
+            timeout = self.options.poll_interval
+            if wake is not None:
+                timeout = max(0.0, min(timeout, wake - self.clock.now()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._scan_kick.wait(), timeout)
+
+    def _store_failed(self, exc: Exception) -> None:
+        if not self._store_failing:
+            logger.warning("store unavailable, retrying: %s", exc)
+            self._store_failing = True
+
+    def _store_ok(self) -> None:
+        if self._store_failing:
+            logger.info("store reachable again")
+            self._store_failing = False
+
+    async def _expire_dead_local_workers(self) -> None:
+        me = host_identity()
+        now = self.store.now()
+        for w in await self.store.list_workers():
+            if w.id != self.id and w.host == me and w.expires_at >= now and not _pid_alive(w.pid):
+                logger.info("worker %s (pid %d) is gone; taking over its work", w.id, w.pid)
+                await self.store.expire_worker(w.id)
+
+    def _on_claim(self, claim: Claim) -> None:
+        inst = self.live.get(claim.instance_id)
+        if inst is not None and inst.epoch == claim.epoch:
+            inst.inbox_dirty = True
+            self._kick(inst)
+            return
+        if inst is not None:
+            self._drop(inst)
+        if claim.instance_id not in self._loading:
+            self._loading.add(claim.instance_id)
+            self._spawn(self._load(claim))
+
+    async def _load(self, claim: Claim) -> None:
+        try:
+            async with self._load_slots:
+                await self._load_claimed(claim)
+        except StoreError as exc:
+            self._store_failed(exc)
+        finally:
+            self._loading.discard(claim.instance_id)
+
+    async def _load_claimed(self, claim: Claim) -> None:
+        rec = await self.store.get_instance(claim.instance_id)
+        if rec is None or rec.owner != self.id or rec.epoch != claim.epoch:
+            return
+        if rec.status not in ACTIVE_STATUSES:
+            return
+        defn = self.registry.workflow(rec.name)
+        if defn is None:
+            return
+        history = await self.store.load_history(rec.id, rec.run_id)
+        started = history[0].event
+        assert isinstance(started, ev.WorkflowStarted)
+        try:
+            inst = build_instance(
+                instance_id=rec.id,
+                run_id=rec.run_id,
+                epoch=rec.epoch,
+                defn=defn,
+                started=started,
+                start_time=history[0].time,
+                converter=self.converter,
+            )
+            inst.unsaved = inst.run.replay(history)
+        except (NonDeterminismError, EncodingError) as exc:
+            logger.error("suspending workflow %s: %s", rec.id, exc)
+            await self.committer.submit(Suspend(rec.id, self.id, rec.epoch, error_info(exc)))
+            return
+        inst.seq = len(history)
+        self.live[rec.id] = inst
+        self._kick(inst)
+
+    # -- driving one instance ------------------------------------------------------------
+    def _kick(self, inst: LiveInstance) -> None:
+        if inst.driving is None and not inst.closed:
+            inst.driving = self._spawn(self._drive(inst))
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _drive(self, inst: LiveInstance) -> None:
+        try:
+            while not inst.closed:
+                if inst.inbox_dirty:
+                    inst.inbox_dirty = False
+                    for msg in await self.store.fetch_inbox(inst.id, inst.inbox_cursor):
+                        inst.inbox_cursor = msg.id
+                        inst.incoming.append(
+                            ev.SignalReceived(name=msg.name, payload=msg.payload)
+                            if msg.kind == "signal"
+                            else ev.CancelRequested(reason=str(msg.payload or ""))
+                        )
+                if not await self._step(inst):
+                    break
+        except StoreError as exc:
+            # The write may or may not have landed: reload from the store to find out.
+            self._store_failed(exc)
+            self._drop(inst)
+            await asyncio.sleep(min(1.0, self.options.poll_interval))
+            self.kick()
+        except Exception:
+            logger.exception("internal error while driving workflow %s", inst.id)
+            self._drop(inst)
+        finally:
+            inst.driving = None
+        if not inst.closed:
+            self._dispatch(inst)
+
+    async def _step(self, inst: LiveInstance) -> bool:
+        """Apply what is waiting and commit it; False when there was nothing to do."""
+        run = inst.run
+        now = self.clock.now()
+        incoming, inst.incoming = inst.incoming, []
+        incoming += inst.due_timer_events(now)
+        timed_out = inst.deadline is not None and now >= inst.deadline and run.outcome is None
+        new, inst.unsaved = inst.unsaved, []
+        if not incoming and not new and not timed_out:
+            return False
+        for event in incoming:
+            if isinstance(
+                event, ev.ActivityCompleted | ev.ActivityFailed | ev.ActivityAttemptFailed
+            ):
+                inst.activity_tasks.pop(event.cmd, None)
+            if run.outcome is None:
+                new += run.apply(event, now)
+        if timed_out and run.outcome is None:
+            new += run.apply(ev.WorkflowTimedOut(timeout=run.started.timeout or 0.0), now)
+        return await self._commit(inst, new, now)
+
+    async def _commit(self, inst: LiveInstance, new: list[ev.Event], now: float) -> bool:
+        run = inst.run
+        outcome = run.outcome
+        op: AppendEvents
+        if outcome is not None:
+            error = None
+            output = None
+            if isinstance(outcome.event, ev.WorkflowCompleted):
+                output = outcome.event.result
+            elif isinstance(outcome.event, ev.WorkflowFailed):
+                error = outcome.event.error
+            else:
+                error = {
+                    "type": outcome.event.kind,
+                    "message": str(getattr(outcome.event, "reason", "")) or outcome.status,
+                }
+            op = AppendEvents(
+                inst.id,
+                self.id,
+                inst.epoch,
+                inst.seq,
+                [(now, e) for e in new],
+                status=outcome.status,
+                output=output,
+                error=error,
+                inbox_upto=inst.inbox_cursor,
+            )
+        else:
+            wake = inst.next_wake()
+            op = AppendEvents(
+                inst.id,
+                self.id,
+                inst.epoch,
+                inst.seq,
+                [(now, e) for e in new],
+                wake_at=wake,
+                release=self._should_release(inst, wake, now),
+                inbox_upto=inst.inbox_cursor,
+                current_step=inst.current_step(),
+            )
+        result = await self.committer.submit(op)
+        if not result.ok:
+            logger.info("workflow %s was taken over or ended elsewhere; dropping it", inst.id)
+            self._drop(inst)
+            return False
+        inst.seq += len(new)
+        run.mark_committed(len(new))
+        if outcome is not None:
+            self._drop(inst)
+            self._on_closed(inst.id)
+            return False
+        if op.release:
+            redeliver = inst.inbox_dirty or bool(inst.incoming)
+            self._drop(inst)
+            if redeliver:
+                self.kick()
+            return False
+        self._dispatch(inst)
+        return True
+
+    def _should_release(self, inst: LiveInstance, wake: float | None, now: float) -> bool:
+        if inst.activity_tasks or inst.incoming or inst.inbox_dirty:
+            return False
+        horizon = now + self.options.sticky_seconds
+        if any(a.retry_at is None or a.retry_at <= horizon for a in inst.run.activities.values()):
+            return False
+        if len(self.live) > self.options.max_cached:
+            return True
+        return wake is not None and wake > horizon
+
+    def _dispatch(self, inst: LiveInstance) -> None:
+        """Start activities that are durably scheduled and arm the wake-up timer."""
+        if inst.closed or inst.unsaved:
+            return
+        run = inst.run
+        for cmd in [c for c in inst.activity_tasks if c not in run.activities]:
+            inst.activity_tasks.pop(cmd).cancel()  # abandoned by the workflow
+        now = self.clock.now()
+        if not self._draining:
+            for cmd, act in run.activities.items():
+                if cmd in inst.activity_tasks or cmd in inst.retry_handles:
+                    continue
+                if act.retry_at is not None and act.retry_at > now:
+                    inst.retry_handles[cmd] = self.clock.call_at(
+                        act.retry_at, functools.partial(self._retry_due, inst, cmd)
+                    )
+                else:
+                    inst.activity_tasks[cmd] = self._spawn(self._run_activity(inst, cmd))
+        if inst.wake_handle is not None:
+            inst.wake_handle.cancel()
+            inst.wake_handle = None
+        timer_times = [t.fire_at for t in run.timers.values()]
+        if inst.deadline is not None:
+            timer_times.append(inst.deadline)
+        if timer_times:
+            inst.wake_handle = self.clock.call_at(min(timer_times), lambda: self._kick(inst))
+
+    def _retry_due(self, inst: LiveInstance, cmd: int) -> None:
+        inst.retry_handles.pop(cmd, None)
+        act = inst.run.activities.get(cmd)
+        if act is not None and not inst.closed:
+            act.retry_at = None
+            self._dispatch(inst)
+
+    async def _run_activity(self, inst: LiveInstance, cmd: int) -> None:
+        act = inst.run.activities.get(cmd)
+        if act is None:
+            return
+        async with self._activity_slots:
+            event = await execute_attempt(
+                self.registry.activity(act.name),
+                act,
+                instance_id=inst.id,
+                run_id=inst.run_id,
+                converter=self.converter,
+                executor=self._executor,
+                now=self.clock.now,
+            )
+        if not inst.closed:
+            inst.incoming.append(event)
+            self._kick(inst)
+
+    def _drop(self, inst: LiveInstance) -> None:
+        if self.live.get(inst.id) is inst:
+            del self.live[inst.id]
+        if not inst.closed:
+            inst.cancel_everything()
+
+
+def served_names(defs: Sequence[WorkflowDefinition[Any, Any]]) -> list[str]:
+    """The workflow names a worker claims."""
+    return sorted({d.name for d in defs})

@@ -1,0 +1,284 @@
+"""The storage port: a small, typed set of domain operations, each one transaction.
+
+Adapters (``memory``, ``sqlite``, and later ``postgres``) implement :class:`Store`; one
+conformance suite (``stalwart.testing.StoreContract``) runs unchanged against each.
+
+Writes go through :meth:`Store.write`, which applies a *batch* of operations in a single
+transaction (group commit). Each operation is isolated: one that is refused (a fenced
+owner, a stale sequence number, an unknown instance) does not affect the others.
+Every state change of an owned instance is a compare-and-set on ``(owner, epoch,
+history length)``, committed together with its history events and inbox acknowledgement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from stalwart._engine.events import Event, HistoryEvent
+
+JSON = Any
+
+ACTIVE_STATUSES = ("pending", "running")
+"""Statuses of instances that still have work to do (claimable by workers)."""
+TERMINAL_STATUSES = ("completed", "failed", "cancelled", "terminated", "timed_out")
+"""Statuses of instances that have ended."""
+ALL_STATUSES = (*ACTIVE_STATUSES, "suspended", *TERMINAL_STATUSES)
+"""Every instance status (``suspended`` = parked after a non-determinism error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    """One workflow instance as stored."""
+
+    id: str
+    name: str
+    version: int
+    status: str
+    run_id: str
+    input: list[JSON]
+    output: JSON
+    error: dict[str, JSON] | None
+    created_at: float
+    updated_at: float
+    owner: str | None
+    epoch: int
+    wake_at: float | None
+    history_len: int
+    current_step: str | None = None
+    parent_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InboxMessage:
+    """A signal or cancellation request not yet moved into history."""
+
+    id: int
+    kind: str
+    name: str
+    payload: JSON
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """An instance a worker must (re)load: newly claimed, or owned and due."""
+
+    instance_id: str
+    run_id: str
+    epoch: int
+    newly_claimed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRecord:
+    """A worker incarnation and its liveness lease."""
+
+    id: str
+    name: str
+    host: str
+    pid: int
+    started_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ListFilter:
+    """Filters for :meth:`Store.list_instances` (``None`` = any)."""
+
+    name: str | None = None
+    status: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page of instances and the cursor of the next page (``None`` at the end)."""
+
+    items: list[InstanceRecord]
+    next_cursor: str | None
+
+
+# ----------------------------------------------------------------------------- operations
+@dataclass(frozen=True, slots=True)
+class CreateInstance:
+    """Create an instance with its first event, unless the id exists (idempotent start)."""
+
+    id: str
+    name: str
+    version: int
+    run_id: str
+    input: list[JSON]
+    started: Event
+    owner: str | None = None
+    epoch: int = 1
+    parent_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEvents:
+    """Commit one step of an owned instance: events, status, wake time, inbox ack.
+
+    Refused (``ok=False, error="conflict"``) unless the instance is still owned by
+    ``owner`` at ``epoch`` and its history has exactly ``expected_seq`` events.
+    """
+
+    instance_id: str
+    owner: str
+    epoch: int
+    expected_seq: int
+    events: Sequence[tuple[float, Event]] = ()
+    status: str | None = None
+    output: JSON = None
+    error: dict[str, JSON] | None = None
+    wake_at: float | None = None
+    release: bool = False
+    inbox_upto: int = 0
+    current_step: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendMessage:
+    """Put a signal or cancellation request into an active instance's inbox."""
+
+    instance_id: str
+    kind: str
+    name: str
+    payload: JSON = None
+
+
+@dataclass(frozen=True, slots=True)
+class Terminate:
+    """End an instance at once (fences off its owner); no workflow code runs."""
+
+    instance_id: str
+    event: Event
+
+
+@dataclass(frozen=True, slots=True)
+class Suspend:
+    """Park an owned instance after a non-determinism error (history untouched)."""
+
+    instance_id: str
+    owner: str
+    epoch: int
+    error: dict[str, JSON]
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Make a suspended instance runnable again (after a code fix)."""
+
+    instance_id: str
+
+
+WriteOp = CreateInstance | AppendEvents | SendMessage | Terminate | Suspend | Resume
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
+    """The result of one operation in a write batch.
+
+    ``error`` is ``None`` on success, else one of ``"conflict"`` (fenced or stale),
+    ``"not_found"``, ``"closed"`` (the instance already ended) or ``"not_suspended"``.
+    ``record`` is the instance after the operation, where the operation reads it.
+    """
+
+    ok: bool
+    error: str | None = None
+    record: InstanceRecord | None = None
+    created: bool = False
+    message_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCapabilities:
+    """What an adapter supports, declared as data (tests select on it)."""
+
+    durable: bool
+    multi_process: bool
+    extra: dict[str, bool] = field(default_factory=dict)
+
+
+class Store(Protocol):
+    """The storage port. Every method is one atomic operation."""
+
+    capabilities: StoreCapabilities
+
+    async def open(self) -> None:
+        """Connect and apply pending schema migrations (safe under concurrency)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and threads."""
+        ...
+
+    def now(self) -> float:
+        """The store's clock (epoch seconds); leases and due times are judged by it."""
+        ...
+
+    async def write(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
+        """Apply ``ops`` in one transaction, each isolated; one outcome per op, in order."""
+        ...
+
+    async def get_instance(self, instance_id: str) -> InstanceRecord | None:
+        """The instance, or ``None``."""
+        ...
+
+    async def load_history(self, instance_id: str, run_id: str) -> list[HistoryEvent]:
+        """Every event of a run, in order."""
+        ...
+
+    async def list_instances(
+        self, flt: ListFilter, *, limit: int = 100, cursor: str | None = None
+    ) -> Page:
+        """Instances matching ``flt``, newest first, paged by an opaque cursor."""
+        ...
+
+    async def fetch_inbox(self, instance_id: str, after_id: int = 0) -> list[InboxMessage]:
+        """Inbox messages with id greater than ``after_id``, oldest first."""
+        ...
+
+    async def claim(self, worker_id: str, names: Sequence[str], *, limit: int = 100) -> list[Claim]:
+        """Claim runnable instances and report owned ones that are due.
+
+        Claimable: active, of a served name, and either unowned and due, or owned by a
+        worker whose lease expired. Claiming bumps the epoch (fencing the old owner).
+        """
+        ...
+
+    async def next_wake(self, names: Sequence[str]) -> float | None:
+        """The earliest due time of an unowned active instance of the served names."""
+        ...
+
+    async def register_worker(self, worker: WorkerRecord) -> None:
+        """Record a worker incarnation and its lease."""
+        ...
+
+    async def deregister_worker(self, worker_id: str) -> None:
+        """Remove a worker and hand its instances back (unowned, due now)."""
+        ...
+
+    async def list_workers(self) -> list[WorkerRecord]:
+        """Every registered worker."""
+        ...
+
+    async def expire_worker(self, worker_id: str) -> None:
+        """Mark a worker's lease expired now (it is known to be dead)."""
+        ...
+
+    def heartbeat_session(self) -> HeartbeatSession:
+        """A synchronous connection for renewing leases from a dedicated thread."""
+        ...
+
+
+class HeartbeatSession(Protocol):
+    """Renews a worker's lease from its own thread, independent of the event loop."""
+
+    def renew(self, worker_id: str, ttl: float) -> bool:
+        """Extend the lease to now + ttl; False if the worker row is gone or expired."""
+        ...
+
+    def close(self) -> None:
+        """Close the session's connection."""
+        ...

@@ -1,0 +1,323 @@
+"""In-memory store: the reference adapter for tests (``memory://``).
+
+It implements exactly the semantics of the SQL adapters, in plain Python structures, and
+passes the same conformance suite. Nothing survives the process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from stalwart._engine.events import TERMINAL_EVENTS, HistoryEvent
+from stalwart.store.base import (
+    ACTIVE_STATUSES,
+    TERMINAL_STATUSES,
+    AppendEvents,
+    Claim,
+    CreateInstance,
+    InboxMessage,
+    InstanceRecord,
+    ListFilter,
+    Page,
+    Resume,
+    SendMessage,
+    StoreCapabilities,
+    Suspend,
+    Terminate,
+    WorkerRecord,
+    WriteOp,
+    WriteOutcome,
+)
+from stalwart.store.cursor import decode_cursor, encode_cursor
+
+
+@dataclass(slots=True)
+class _Instance:
+    rec: InstanceRecord
+    history: list[HistoryEvent] = field(default_factory=list)
+    inbox: list[InboxMessage] = field(default_factory=list)
+
+
+class MemoryStore:
+    """A store held in process memory (thread-safe; one lock)."""
+
+    capabilities = StoreCapabilities(durable=False, multi_process=False)
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._instances: dict[str, _Instance] = {}
+        self._workers: dict[str, WorkerRecord] = {}
+        self._next_message = 0
+
+    async def open(self) -> None:
+        """Nothing to connect to."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    def now(self) -> float:
+        """The store's clock."""
+        return self._clock()
+
+    # -- writes ------------------------------------------------------------------------
+    async def write(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
+        """Apply each op atomically (a refused op changes nothing)."""
+        with self._lock:
+            return [self._apply(op) for op in ops]
+
+    def _apply(self, op: WriteOp) -> WriteOutcome:
+        now = self._clock()
+        if isinstance(op, CreateInstance):
+            return self._create(op, now)
+        inst = self._instances.get(op.instance_id)
+        if inst is None:
+            return WriteOutcome(False, "not_found")
+        if isinstance(op, AppendEvents):
+            return self._append(inst, op, now)
+        if isinstance(op, SendMessage):
+            return self._send(inst, op, now)
+        if isinstance(op, Terminate):
+            return self._terminate(inst, op, now)
+        if isinstance(op, Suspend):
+            return self._suspend(inst, op, now)
+        return self._resume(inst, op, now)
+
+    def _create(self, op: CreateInstance, now: float) -> WriteOutcome:
+        existing = self._instances.get(op.id)
+        if existing is not None:
+            return WriteOutcome(True, record=existing.rec, created=False)
+        rec = InstanceRecord(
+            id=op.id,
+            name=op.name,
+            version=op.version,
+            status="pending",
+            run_id=op.run_id,
+            input=op.input,
+            output=None,
+            error=None,
+            created_at=now,
+            updated_at=now,
+            owner=op.owner,
+            epoch=op.epoch,
+            wake_at=None if op.owner else now,
+            history_len=1,
+            parent_id=op.parent_id,
+        )
+        self._instances[op.id] = _Instance(rec, [HistoryEvent(0, now, op.started)])
+        return WriteOutcome(True, record=rec, created=True)
+
+    def _append(self, inst: _Instance, op: AppendEvents, now: float) -> WriteOutcome:
+        rec = inst.rec
+        if (
+            rec.owner != op.owner
+            or rec.epoch != op.epoch
+            or rec.history_len != op.expected_seq
+            or rec.status not in ACTIVE_STATUSES
+        ):
+            return WriteOutcome(False, "conflict", record=rec)
+        seq = rec.history_len
+        for when, event in op.events:
+            inst.history.append(HistoryEvent(seq, when, event))
+            seq += 1
+        inst.inbox = [m for m in inst.inbox if m.id > op.inbox_upto]
+        wake_at = now if inst.inbox and op.status is None else op.wake_at
+        status = op.status or ("running" if rec.status == "pending" else rec.status)
+        inst.rec = dataclasses.replace(
+            rec,
+            status=status,
+            output=op.output if op.status else rec.output,
+            error=op.error if op.status else rec.error,
+            updated_at=now,
+            owner=None if op.release or status in TERMINAL_STATUSES else rec.owner,
+            wake_at=None if status in TERMINAL_STATUSES else wake_at,
+            history_len=seq,
+            current_step=op.current_step,
+        )
+        return WriteOutcome(True, record=inst.rec)
+
+    def _send(self, inst: _Instance, op: SendMessage, now: float) -> WriteOutcome:
+        rec = inst.rec
+        if rec.status in TERMINAL_STATUSES:
+            return WriteOutcome(False, "closed", record=rec)
+        self._next_message += 1
+        inst.inbox.append(InboxMessage(self._next_message, op.kind, op.name, op.payload, now))
+        inst.rec = dataclasses.replace(rec, wake_at=now, updated_at=now)
+        return WriteOutcome(True, record=inst.rec, message_id=self._next_message)
+
+    def _terminate(self, inst: _Instance, op: Terminate, now: float) -> WriteOutcome:
+        rec = inst.rec
+        if rec.status in TERMINAL_STATUSES:
+            return WriteOutcome(False, "closed", record=rec)
+        inst.history.append(HistoryEvent(rec.history_len, now, op.event))
+        inst.inbox.clear()
+        inst.rec = dataclasses.replace(
+            rec,
+            status=TERMINAL_EVENTS[type(op.event)],
+            owner=None,
+            epoch=rec.epoch + 1,
+            wake_at=None,
+            history_len=rec.history_len + 1,
+            updated_at=now,
+            error={"type": op.event.kind, "message": getattr(op.event, "reason", "")},
+        )
+        return WriteOutcome(True, record=inst.rec)
+
+    def _suspend(self, inst: _Instance, op: Suspend, now: float) -> WriteOutcome:
+        rec = inst.rec
+        if rec.owner != op.owner or rec.epoch != op.epoch or rec.status not in ACTIVE_STATUSES:
+            return WriteOutcome(False, "conflict", record=rec)
+        inst.rec = dataclasses.replace(
+            rec, status="suspended", owner=None, wake_at=None, error=op.error, updated_at=now
+        )
+        return WriteOutcome(True, record=inst.rec)
+
+    def _resume(self, inst: _Instance, op: Resume, now: float) -> WriteOutcome:
+        rec = inst.rec
+        if rec.status != "suspended":
+            return WriteOutcome(False, "not_suspended", record=rec)
+        inst.rec = dataclasses.replace(
+            rec, status="running", owner=None, wake_at=now, error=None, updated_at=now
+        )
+        return WriteOutcome(True, record=inst.rec)
+
+    # -- reads -------------------------------------------------------------------------
+    async def get_instance(self, instance_id: str) -> InstanceRecord | None:
+        """The instance, or ``None``."""
+        with self._lock:
+            inst = self._instances.get(instance_id)
+            return inst.rec if inst else None
+
+    async def load_history(self, instance_id: str, run_id: str) -> list[HistoryEvent]:
+        """Every event of the run, in order."""
+        with self._lock:
+            inst = self._instances.get(instance_id)
+            if inst is None or inst.rec.run_id != run_id:
+                return []
+            return list(inst.history)
+
+    async def list_instances(
+        self, flt: ListFilter, *, limit: int = 100, cursor: str | None = None
+    ) -> Page:
+        """Instances matching ``flt``, newest first."""
+        after = decode_cursor(cursor)
+        with self._lock:
+            recs = [
+                i.rec
+                for i in self._instances.values()
+                if (flt.name is None or i.rec.name == flt.name)
+                and (flt.status is None or i.rec.status == flt.status)
+            ]
+        recs.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+        if after is not None:
+            recs = [r for r in recs if (r.created_at, r.id) < after]
+        items = recs[:limit]
+        more = len(recs) > limit
+        return Page(items, encode_cursor(items[-1].created_at, items[-1].id) if more else None)
+
+    async def fetch_inbox(self, instance_id: str, after_id: int = 0) -> list[InboxMessage]:
+        """Inbox messages newer than ``after_id``, oldest first."""
+        with self._lock:
+            inst = self._instances.get(instance_id)
+            return [m for m in inst.inbox if m.id > after_id] if inst else []
+
+    # -- work distribution -------------------------------------------------------------
+    async def claim(self, worker_id: str, names: Sequence[str], *, limit: int = 100) -> list[Claim]:
+        """Claim runnable instances; report owned, due ones."""
+        wanted = set(names)
+        with self._lock:
+            now = self._clock()
+            live = {w.id for w in self._workers.values() if w.expires_at >= now}
+            claims: list[Claim] = []
+            candidates = sorted(
+                (
+                    i
+                    for i in self._instances.values()
+                    if i.rec.status in ACTIVE_STATUSES and i.rec.name in wanted
+                ),
+                key=lambda i: (i.rec.wake_at or 0.0, i.rec.id),
+            )
+            for inst in candidates:
+                if len(claims) >= limit:
+                    break
+                rec = inst.rec
+                due = rec.wake_at is not None and rec.wake_at <= now
+                if rec.owner == worker_id:
+                    if due:
+                        claims.append(Claim(rec.id, rec.run_id, rec.epoch, False))
+                elif (rec.owner is None and due) or (
+                    rec.owner is not None and rec.owner not in live
+                ):
+                    inst.rec = dataclasses.replace(
+                        rec, owner=worker_id, epoch=rec.epoch + 1, updated_at=now
+                    )
+                    claims.append(Claim(rec.id, rec.run_id, rec.epoch + 1, True))
+            return claims
+
+    async def next_wake(self, names: Sequence[str]) -> float | None:
+        """Earliest due time of an unowned active instance."""
+        wanted = set(names)
+        with self._lock:
+            times = [
+                i.rec.wake_at
+                for i in self._instances.values()
+                if i.rec.status in ACTIVE_STATUSES
+                and i.rec.name in wanted
+                and i.rec.owner is None
+                and i.rec.wake_at is not None
+            ]
+        return min(times) if times else None
+
+    async def register_worker(self, worker: WorkerRecord) -> None:
+        """Record a worker incarnation."""
+        with self._lock:
+            self._workers[worker.id] = worker
+
+    async def deregister_worker(self, worker_id: str) -> None:
+        """Remove the worker and hand its instances back."""
+        with self._lock:
+            now = self._clock()
+            self._workers.pop(worker_id, None)
+            for inst in self._instances.values():
+                if inst.rec.owner == worker_id:
+                    inst.rec = dataclasses.replace(inst.rec, owner=None, wake_at=now)
+
+    async def list_workers(self) -> list[WorkerRecord]:
+        """Every registered worker."""
+        with self._lock:
+            return list(self._workers.values())
+
+    async def expire_worker(self, worker_id: str) -> None:
+        """Mark the worker's lease expired."""
+        with self._lock:
+            w = self._workers.get(worker_id)
+            if w is not None:
+                self._workers[worker_id] = dataclasses.replace(w, expires_at=0.0)
+
+    def heartbeat_session(self) -> _MemoryHeartbeat:
+        """Lease renewal usable from another thread."""
+        return _MemoryHeartbeat(self)
+
+    def _renew(self, worker_id: str, ttl: float) -> bool:
+        with self._lock:
+            w = self._workers.get(worker_id)
+            now = self._clock()
+            if w is None or w.expires_at < now:
+                return False
+            self._workers[worker_id] = dataclasses.replace(w, expires_at=now + ttl)
+            return True
+
+
+class _MemoryHeartbeat:
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+
+    def renew(self, worker_id: str, ttl: float) -> bool:
+        return self._store._renew(worker_id, ttl)
+
+    def close(self) -> None:
+        return None

@@ -1,0 +1,568 @@
+"""SQLite store (``sqlite:///path.db``): the embedded default.
+
+* WAL journal; ``synchronous`` is explicit (default ``FULL``: a commit is on disk when
+  it returns; ``NORMAL`` may lose the last commits on power loss but not on a process
+  crash). Pass it in the URL: ``sqlite:///app.db?synchronous=NORMAL``.
+* One writer thread with its own connection executes write batches (group commit: one
+  transaction, each operation a compare-and-set); a reader thread serves reads from the
+  WAL snapshot without waiting for the writer.
+* Write transactions start with ``BEGIN IMMEDIATE`` and every connection has a busy
+  timeout, so several processes can share one file safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from stalwart._engine.events import TERMINAL_EVENTS, HistoryEvent, event_from_data
+from stalwart.codec import Codec, JsonCodec
+from stalwart.errors import ConfigurationError, StoreError
+from stalwart.store.base import (
+    AppendEvents,
+    Claim,
+    CreateInstance,
+    InboxMessage,
+    InstanceRecord,
+    ListFilter,
+    Page,
+    Resume,
+    SendMessage,
+    StoreCapabilities,
+    Suspend,
+    Terminate,
+    WorkerRecord,
+    WriteOp,
+    WriteOutcome,
+)
+from stalwart.store.cursor import decode_cursor, encode_cursor
+from stalwart.store.migrations import load_migrations
+
+T = TypeVar("T")
+_ACTIVE = "('pending', 'running')"
+_TERMINAL = "('completed', 'failed', 'cancelled', 'terminated', 'timed_out')"
+_INSTANCE_COLS = (
+    "id, name, version, status, run_id, input, output, error, created_at, updated_at, "
+    "owner, epoch, wake_at, history_len, current_step, parent_id"
+)
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+class SQLiteStore:
+    """A store in one SQLite file, shareable by several processes on one host."""
+
+    capabilities = StoreCapabilities(durable=True, multi_process=True)
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        synchronous: str = "FULL",
+        codec: Codec | None = None,
+        clock: Callable[[], float] = time.time,
+        busy_timeout: float = 30.0,
+    ) -> None:
+        if path in ("", ":memory:"):
+            raise ConfigurationError(
+                "an in-memory SQLite database cannot be shared between connections; "
+                "use 'memory://' for a store in memory"
+            )
+        synchronous = synchronous.upper()
+        if synchronous not in SYNCHRONOUS_MODES:
+            raise ConfigurationError(
+                f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, got {synchronous!r}"
+            )
+        self.path = path
+        self.synchronous = synchronous
+        self._codec = codec or JsonCodec()
+        self._clock = clock
+        self._busy_ms = int(busy_timeout * 1000)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="stalwart-sqlite-writer")
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="stalwart-sqlite-reader")
+        self._wconn: sqlite3.Connection | None = None
+        self._rconn: sqlite3.Connection | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def connect(self) -> sqlite3.Connection:
+        """A new connection configured for this store (WAL, busy timeout, synchronous)."""
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=self._busy_ms / 1000
+        )
+        conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        conn.execute("PRAGMA foreign_keys = OFF")
+        return conn
+
+    async def open(self) -> None:
+        """Open the connections and apply migrations (serialised by the write lock)."""
+        self._wconn = await self._in(self._writer, self.connect)
+        await self._in(self._writer, self._migrate)
+        self._rconn = await self._in(self._reader, self.connect)
+
+    async def close(self) -> None:
+        """Close connections and stop the threads."""
+        for executor, attr in ((self._writer, "_wconn"), (self._reader, "_rconn")):
+            conn = getattr(self, attr)
+            if conn is not None:
+                await self._in(executor, conn.close)
+                setattr(self, attr, None)
+        self._writer.shutdown(wait=True)
+        self._reader.shutdown(wait=True)
+
+    def _migrate(self) -> None:
+        conn = self._w
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS stalwart_schema_version "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+            row = conn.execute("SELECT MAX(version) FROM stalwart_schema_version").fetchone()
+            current = row[0] or 0
+            for migration in load_migrations("sqlite"):
+                if migration.version <= current:
+                    continue
+                for statement in _split_sql(migration.sql):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO stalwart_schema_version VALUES (?, ?, ?)",
+                    (migration.version, migration.name, self._clock()),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def now(self) -> float:
+        """The store's clock (this host's)."""
+        return self._clock()
+
+    @property
+    def _w(self) -> sqlite3.Connection:
+        if self._wconn is None:
+            raise StoreError("the SQLite store is not open")
+        return self._wconn
+
+    @property
+    def _r(self) -> sqlite3.Connection:
+        if self._rconn is None:
+            raise StoreError("the SQLite store is not open")
+        return self._rconn
+
+    async def _in(self, executor: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, fn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite error: {exc}") from exc
+
+    # -- writes ------------------------------------------------------------------------
+    async def write(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
+        """Apply ``ops`` in one transaction (each op a compare-and-set)."""
+        return await self._in(self._writer, lambda: self._write_batch(ops))
+
+    def _write_batch(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
+        conn = self._w
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            now = self._clock()
+            outcomes = [self._apply(conn, op, now) for op in ops]
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return outcomes
+
+    def _apply(self, conn: sqlite3.Connection, op: WriteOp, now: float) -> WriteOutcome:
+        if isinstance(op, CreateInstance):
+            return self._create(conn, op, now)
+        if isinstance(op, AppendEvents):
+            return self._append(conn, op, now)
+        if isinstance(op, SendMessage):
+            return self._send(conn, op, now)
+        if isinstance(op, Terminate):
+            return self._terminate(conn, op, now)
+        if isinstance(op, Suspend):
+            return self._suspend(conn, op, now)
+        return self._resume(conn, op, now)
+
+    def _create(self, conn: sqlite3.Connection, op: CreateInstance, now: float) -> WriteOutcome:
+        dumps = self._codec.dumps
+        cur = conn.execute(
+            f"INSERT INTO instances ({_INSTANCE_COLS}) "
+            "VALUES (?, ?, ?, 'pending', ?, ?, NULL, NULL, ?, ?, ?, ?, ?, 1, NULL, ?) "
+            "ON CONFLICT (id) DO NOTHING",
+            (
+                op.id,
+                op.name,
+                op.version,
+                op.run_id,
+                dumps(op.input),
+                now,
+                now,
+                op.owner,
+                op.epoch,
+                None if op.owner else now,
+                op.parent_id,
+            ),
+        )
+        if cur.rowcount == 0:
+            return WriteOutcome(True, record=self._get(conn, op.id), created=False)
+        self._insert_events(conn, op.id, op.run_id, 0, [(now, op.started)])
+        return WriteOutcome(True, record=self._get(conn, op.id), created=True)
+
+    def _insert_events(
+        self,
+        conn: sqlite3.Connection,
+        instance_id: str,
+        run_id: str,
+        seq: int,
+        events: Sequence[tuple[float, Any]],
+    ) -> None:
+        dumps = self._codec.dumps
+        conn.executemany(
+            "INSERT INTO events (run_id, seq, instance_id, type, time, data) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (run_id, seq + i, instance_id, e.kind, t, dumps(e.to_data()))
+                for i, (t, e) in enumerate(events)
+            ],
+        )
+
+    def _append(self, conn: sqlite3.Connection, op: AppendEvents, now: float) -> WriteOutcome:
+        terminal = op.status is not None
+        new_len = op.expected_seq + len(op.events)
+        row = conn.execute(
+            "UPDATE instances SET "
+            " status = CASE WHEN ?1 IS NOT NULL THEN ?1 "
+            "   WHEN status = 'pending' THEN 'running' ELSE status END,"
+            " output = CASE WHEN ?1 IS NOT NULL THEN ?2 ELSE output END,"
+            " error = CASE WHEN ?1 IS NOT NULL THEN ?3 ELSE error END,"
+            " updated_at = ?4,"
+            " owner = CASE WHEN ?5 OR ?1 IS NOT NULL THEN NULL ELSE owner END,"
+            " wake_at = CASE WHEN ?1 IS NOT NULL THEN NULL"
+            "   WHEN EXISTS (SELECT 1 FROM inbox WHERE instance_id = ?6 AND id > ?7) THEN ?4"
+            "   ELSE ?8 END,"
+            " history_len = ?9, current_step = ?10 "
+            f"WHERE id = ?6 AND owner = ?11 AND epoch = ?12 AND history_len = ?13 "
+            f"AND status IN {_ACTIVE} RETURNING run_id",
+            (
+                op.status if terminal else None,
+                self._codec.dumps(op.output) if terminal else None,
+                self._codec.dumps(op.error) if op.error is not None else None,
+                now,
+                op.release,
+                op.instance_id,
+                op.inbox_upto,
+                op.wake_at,
+                new_len,
+                op.current_step,
+                op.owner,
+                op.epoch,
+                op.expected_seq,
+            ),
+        ).fetchone()
+        if row is None:
+            return WriteOutcome(False, "conflict")
+        if op.events:
+            self._insert_events(conn, op.instance_id, row[0], op.expected_seq, op.events)
+        if op.inbox_upto:
+            conn.execute(
+                "DELETE FROM inbox WHERE instance_id = ? AND id <= ?",
+                (op.instance_id, op.inbox_upto),
+            )
+        return WriteOutcome(True)
+
+    def _send(self, conn: sqlite3.Connection, op: SendMessage, now: float) -> WriteOutcome:
+        rec = self._get(conn, op.instance_id)
+        if rec is None:
+            return WriteOutcome(False, "not_found")
+        if rec.status in TERMINAL_EVENTS.values():
+            return WriteOutcome(False, "closed", record=rec)
+        cur = conn.execute(
+            "INSERT INTO inbox (instance_id, kind, name, payload, time) VALUES (?, ?, ?, ?, ?)",
+            (op.instance_id, op.kind, op.name, self._codec.dumps(op.payload), now),
+        )
+        conn.execute(
+            "UPDATE instances SET wake_at = ?, updated_at = ? WHERE id = ?",
+            (now, now, op.instance_id),
+        )
+        return WriteOutcome(True, record=rec, message_id=cur.lastrowid)
+
+    def _terminate(self, conn: sqlite3.Connection, op: Terminate, now: float) -> WriteOutcome:
+        rec = self._get(conn, op.instance_id)
+        if rec is None:
+            return WriteOutcome(False, "not_found")
+        if rec.status in TERMINAL_EVENTS.values():
+            return WriteOutcome(False, "closed", record=rec)
+        status = TERMINAL_EVENTS[type(op.event)]
+        error = {"type": op.event.kind, "message": getattr(op.event, "reason", "")}
+        conn.execute(
+            "UPDATE instances SET status = ?, owner = NULL, epoch = epoch + 1, wake_at = NULL, "
+            "history_len = history_len + 1, updated_at = ?, error = ? WHERE id = ?",
+            (status, now, self._codec.dumps(error), op.instance_id),
+        )
+        self._insert_events(conn, rec.id, rec.run_id, rec.history_len, [(now, op.event)])
+        conn.execute("DELETE FROM inbox WHERE instance_id = ?", (op.instance_id,))
+        return WriteOutcome(True, record=self._get(conn, op.instance_id))
+
+    def _suspend(self, conn: sqlite3.Connection, op: Suspend, now: float) -> WriteOutcome:
+        cur = conn.execute(
+            "UPDATE instances SET status = 'suspended', owner = NULL, wake_at = NULL, "
+            f"error = ?, updated_at = ? WHERE id = ? AND owner = ? AND epoch = ? "
+            f"AND status IN {_ACTIVE}",
+            (self._codec.dumps(op.error), now, op.instance_id, op.owner, op.epoch),
+        )
+        if cur.rowcount == 0:
+            return WriteOutcome(False, "conflict")
+        return WriteOutcome(True)
+
+    def _resume(self, conn: sqlite3.Connection, op: Resume, now: float) -> WriteOutcome:
+        cur = conn.execute(
+            "UPDATE instances SET status = 'running', owner = NULL, wake_at = ?, error = NULL, "
+            "updated_at = ? WHERE id = ? AND status = 'suspended'",
+            (now, now, op.instance_id),
+        )
+        if cur.rowcount == 0:
+            rec = self._get(conn, op.instance_id)
+            return WriteOutcome(False, "not_found" if rec is None else "not_suspended", record=rec)
+        return WriteOutcome(True, record=self._get(conn, op.instance_id))
+
+    # -- reads -------------------------------------------------------------------------
+    def _get(self, conn: sqlite3.Connection, instance_id: str) -> InstanceRecord | None:
+        row = conn.execute(
+            f"SELECT {_INSTANCE_COLS} FROM instances WHERE id = ?", (instance_id,)
+        ).fetchone()
+        return self._record(row) if row else None
+
+    def _record(self, row: Sequence[Any]) -> InstanceRecord:
+        loads = self._codec.loads
+        return InstanceRecord(
+            id=row[0],
+            name=row[1],
+            version=row[2],
+            status=row[3],
+            run_id=row[4],
+            input=loads(row[5]),
+            output=loads(row[6]) if row[6] is not None else None,
+            error=loads(row[7]) if row[7] is not None else None,
+            created_at=row[8],
+            updated_at=row[9],
+            owner=row[10],
+            epoch=row[11],
+            wake_at=row[12],
+            history_len=row[13],
+            current_step=row[14],
+            parent_id=row[15],
+        )
+
+    async def get_instance(self, instance_id: str) -> InstanceRecord | None:
+        """The instance, or ``None``."""
+        return await self._in(self._reader, lambda: self._get(self._r, instance_id))
+
+    async def load_history(self, instance_id: str, run_id: str) -> list[HistoryEvent]:
+        """Every event of the run, in order."""
+        del instance_id  # the run id alone identifies the history
+
+        def read() -> list[HistoryEvent]:
+            loads = self._codec.loads
+            rows = self._r.execute(
+                "SELECT seq, time, type, data FROM events WHERE run_id = ? ORDER BY seq",
+                (run_id,),
+            ).fetchall()
+            return [HistoryEvent(s, t, event_from_data(k, loads(d))) for s, t, k, d in rows]
+
+        return await self._in(self._reader, read)
+
+    async def list_instances(
+        self, flt: ListFilter, *, limit: int = 100, cursor: str | None = None
+    ) -> Page:
+        """Instances matching ``flt``, newest first."""
+        after = decode_cursor(cursor)
+        where: list[str] = []
+        params: list[Any] = []
+        if flt.name is not None:
+            where.append("name = ?")
+            params.append(flt.name)
+        if flt.status is not None:
+            where.append("status = ?")
+            params.append(flt.status)
+        if after is not None:
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            params += [after[0], after[0], after[1]]
+        sql = f"SELECT {_INSTANCE_COLS} FROM instances"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        params.append(limit + 1)
+
+        def read() -> Page:
+            rows = self._r.execute(sql, params).fetchall()
+            items = [self._record(r) for r in rows[:limit]]
+            more = len(rows) > limit
+            return Page(items, encode_cursor(items[-1].created_at, items[-1].id) if more else None)
+
+        return await self._in(self._reader, read)
+
+    async def fetch_inbox(self, instance_id: str, after_id: int = 0) -> list[InboxMessage]:
+        """Inbox messages newer than ``after_id``, oldest first."""
+
+        def read() -> list[InboxMessage]:
+            rows = self._r.execute(
+                "SELECT id, kind, name, payload, time FROM inbox "
+                "WHERE instance_id = ? AND id > ? ORDER BY id",
+                (instance_id, after_id),
+            ).fetchall()
+            return [InboxMessage(i, k, n, self._codec.loads(p), t) for i, k, n, p, t in rows]
+
+        return await self._in(self._reader, read)
+
+    # -- work distribution -------------------------------------------------------------
+    async def claim(self, worker_id: str, names: Sequence[str], *, limit: int = 100) -> list[Claim]:
+        """Claim runnable instances; report owned, due ones."""
+        if not names:
+            return []
+        marks = ", ".join("?" * len(names))
+
+        def claim() -> list[Claim]:
+            conn = self._w
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                now = self._clock()
+                claims = [
+                    Claim(i, r, e, False)
+                    for i, r, e in conn.execute(
+                        f"SELECT id, run_id, epoch FROM instances WHERE owner = ? "
+                        f"AND wake_at <= ? AND status IN {_ACTIVE} LIMIT ?",
+                        (worker_id, now, limit),
+                    )
+                ]
+                for pick in (
+                    f"SELECT id FROM instances WHERE owner IS NULL AND status IN {_ACTIVE} "
+                    f"AND wake_at <= ? AND name IN ({marks}) ORDER BY wake_at LIMIT ?",
+                    f"SELECT id FROM instances WHERE owner IN "
+                    f"(SELECT id FROM workers WHERE expires_at < ?) AND status IN {_ACTIVE} "
+                    f"AND name IN ({marks}) LIMIT ?",
+                ):
+                    room = limit - len(claims)
+                    if room <= 0:
+                        break
+                    rows = conn.execute(
+                        f"UPDATE instances SET owner = ?, epoch = epoch + 1, updated_at = ? "
+                        f"WHERE id IN ({pick}) RETURNING id, run_id, epoch",
+                        (worker_id, now, now, *names, room),
+                    ).fetchall()
+                    claims += [Claim(i, r, e, True) for i, r, e in rows]
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return claims
+
+        return await self._in(self._writer, claim)
+
+    async def next_wake(self, names: Sequence[str]) -> float | None:
+        """Earliest due time of an unowned active instance."""
+        if not names:
+            return None
+        marks = ", ".join("?" * len(names))
+        sql = (
+            f"SELECT MIN(wake_at) FROM instances WHERE owner IS NULL "
+            f"AND status IN {_ACTIVE} AND wake_at IS NOT NULL AND name IN ({marks})"
+        )
+        row = await self._in(self._reader, lambda: self._r.execute(sql, tuple(names)).fetchone())
+        return float(row[0]) if row and row[0] is not None else None
+
+    async def register_worker(self, worker: WorkerRecord) -> None:
+        """Record a worker incarnation."""
+        await self._in(
+            self._writer,
+            lambda: self._w.execute(
+                "INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    worker.id,
+                    worker.name,
+                    worker.host,
+                    worker.pid,
+                    worker.started_at,
+                    worker.expires_at,
+                ),
+            ),
+        )
+
+    async def deregister_worker(self, worker_id: str) -> None:
+        """Remove the worker and hand its instances back (due now)."""
+
+        def run() -> None:
+            conn = self._w
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    f"UPDATE instances SET owner = NULL, wake_at = ? WHERE owner = ? "
+                    f"AND status IN {_ACTIVE}",
+                    (self._clock(), worker_id),
+                )
+                conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        await self._in(self._writer, run)
+
+    async def list_workers(self) -> list[WorkerRecord]:
+        """Every registered worker."""
+        rows = await self._in(
+            self._reader, lambda: self._r.execute("SELECT * FROM workers").fetchall()
+        )
+        return [WorkerRecord(*row) for row in rows]
+
+    async def expire_worker(self, worker_id: str) -> None:
+        """Mark the worker's lease expired now."""
+        await self._in(
+            self._writer,
+            lambda: self._w.execute("UPDATE workers SET expires_at = 0 WHERE id = ?", (worker_id,)),
+        )
+
+    def heartbeat_session(self) -> SQLiteHeartbeat:
+        """A connection for renewing leases from a dedicated thread."""
+        return SQLiteHeartbeat(self)
+
+
+class SQLiteHeartbeat:
+    """Renews a worker's lease over its own connection (used from the heartbeat thread)."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def renew(self, worker_id: str, ttl: float) -> bool:
+        """Extend the lease; False if the worker row is gone or already expired."""
+        with self._lock:
+            if self._conn is None:
+                self._conn = self._store.connect()
+            now = self._store.now()
+            cur = self._conn.execute(
+                "UPDATE workers SET expires_at = ? WHERE id = ? AND expires_at >= ?",
+                (now + ttl, worker_id, now),
+            )
+            return cur.rowcount == 1
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration file into statements (no semicolons inside our DDL literals)."""
+    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
+    return [stmt.strip() for stmt in "\n".join(lines).split(";") if stmt.strip()]
