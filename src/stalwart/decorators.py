@@ -110,7 +110,7 @@ class ActivityDefinition(Generic[P, R]):
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigurationError(f"@activity(retry=...) takes a RetryPolicy, got {retry!r}")
         self.fn = fn
-        self.name = name or fn.__name__
+        self.name = name if name is not None else fn.__name__
         _check_name(self.name, "activity")
         self.retry = retry or RetryPolicy()
         self.timeout = as_seconds(timeout, f"@activity {self.name!r} timeout")
@@ -207,7 +207,7 @@ class WorkflowDefinition(Generic[P, R]):
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise ConfigurationError(f"@workflow version must be an integer >= 1, got {version!r}")
         self.fn = fn
-        self.name = name or fn.__name__
+        self.name = name if name is not None else fn.__name__
         _check_name(self.name, "workflow")
         self.version = version
         self.timeout = as_seconds(timeout, f"@workflow {self.name!r} timeout")

@@ -16,8 +16,10 @@ import asyncio
 import asyncio.futures
 import asyncio.tasks
 import collections
+import contextlib
 import contextvars
 import logging
+import weakref
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, NoReturn, TypeVar
 
@@ -32,18 +34,30 @@ _PyFuture: Any = asyncio.futures._PyFuture  # type: ignore[attr-defined]
 _PyTask: Any = asyncio.tasks._PyTask  # type: ignore[attr-defined]
 
 
+def _cancelled_error(fut: Any) -> BaseException:
+    # A task cancelled by the exception its coroutine raised keeps that exception (and
+    # with it the reason); otherwise build one from the cancel message.
+    exc = fut._cancelled_exc
+    if exc is not None:
+        fut._cancelled_exc = None
+        if isinstance(exc, Cancelled):
+            return exc
+        return Cancelled(str(exc.args[0]) if exc.args else (fut._cancel_message or ""))
+    return Cancelled(fut._cancel_message or "")
+
+
 class WorkflowFuture(_PyFuture):  # type: ignore[misc]
     """A future whose cancellation surfaces as :class:`stalwart.Cancelled`."""
 
     def _make_cancelled_error(self) -> BaseException:
-        return Cancelled(self._cancel_message or "")
+        return _cancelled_error(self)
 
 
 class WorkflowTask(_PyTask):  # type: ignore[misc]
     """A task whose cancellation surfaces as :class:`stalwart.Cancelled`."""
 
     def _make_cancelled_error(self) -> BaseException:
-        return Cancelled(self._cancel_message or "")
+        return _cancelled_error(self)
 
 
 class DurableTimerHandle(asyncio.TimerHandle):
@@ -84,6 +98,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         self._timer_cancelled = timer_cancelled
         self._closed = False
         self.unhandled: list[BaseException] = []
+        self.tasks: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
 
     # -- driving -----------------------------------------------------------------------
     def run_ready(self) -> None:
@@ -162,7 +177,21 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         context: contextvars.Context | None = None,
     ) -> asyncio.Task[T]:
         task: asyncio.Task[T] = WorkflowTask(coro, loop=self, name=name, context=context)
+        self.tasks.add(task)
         return task
+
+    def discard(self) -> None:
+        """Drop every pending task without running its ``except`` handlers.
+
+        Used when an instance leaves memory (eviction, lost lease): the coroutines are
+        closed (``GeneratorExit`` runs ``finally`` blocks only) and nothing is recorded.
+        """
+        for task in list(self.tasks):
+            if not task.done():
+                task._log_destroy_pending = False  # type: ignore[attr-defined]
+                with contextlib.suppress(BaseException):
+                    task.get_coro().close()
+        self.close()
 
     def get_debug(self) -> bool:
         return False

@@ -19,7 +19,6 @@ and race winners are part of the history and replay exactly.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import functools
 from collections import deque
@@ -115,12 +114,13 @@ class WorkflowRun:
         self._cursor = 0
         self._new: list[ev.Event] = []
         self._diverged: NonDeterminismError | None = None
+        self._closing = False
 
     # -- public driving API ------------------------------------------------------------
     @property
     def is_replaying(self) -> bool:
         """True while the code is re-running recorded history."""
-        return self._cursor < len(self._history)
+        return self._closing or self._cursor < len(self._history)
 
     @property
     def next_seq(self) -> int:
@@ -177,14 +177,13 @@ class WorkflowRun:
         self._cursor = len(self._history)
 
     def close(self) -> None:
-        """Stop the run's tasks and drop references (the instance left memory)."""
-        if self._main is not None and not self._main.done():
-            self._main.remove_done_callback(self._on_main_done)
-            self._main.cancel()
-            # Workflow code unwinding as the instance leaves memory must not leak out.
-            with contextlib.suppress(BaseException):
-                self.loop.run_ready()
-        self.loop.close()
+        """Drop the run from memory without running workflow code's cancel handlers.
+
+        The instance will be rebuilt by replay when it is needed again; while closing,
+        the run counts as replaying (logging is silent) and issues no command.
+        """
+        self._closing = True
+        self.loop.discard()
 
     # -- commands issued by workflow code (called through the WorkflowContext) ----------
     def schedule_activity(
@@ -341,7 +340,7 @@ class WorkflowRun:
 
     def _emit(self, event: ev.Event) -> ev.Event:
         """Record a command (live) or check it against history (replay)."""
-        if self._diverged is not None:
+        if self._diverged is not None or self._closing:
             raise _Diverged()
         if self.is_replaying:
             return self._match(event)
