@@ -128,6 +128,27 @@ class Parameter:
     default: Any
 
 
+def _resolve_hints(fn: Callable[..., Any], *, skip: str | None, label: str) -> dict[str, Any]:
+    """Type hints of ``fn``; the skipped (context) parameter need not be resolvable."""
+    try:
+        return typing.get_type_hints(fn, include_extras=True)
+    except (NameError, TypeError) as exc:
+        first_error: Exception = exc
+    hints: dict[str, Any] = {}
+    namespace = getattr(fn, "__globals__", {})
+    for name, annotation in getattr(fn, "__annotations__", {}).items():
+        if name == skip:
+            continue
+        try:
+            hints[name] = eval(annotation, namespace) if isinstance(annotation, str) else annotation
+        except Exception as exc:
+            raise ConfigurationError(
+                f"{label}: cannot resolve the type hint of {name!r} in {fn.__qualname__}: "
+                f"{exc or first_error}"
+            ) from exc
+    return hints
+
+
 class Signature:
     """The typed parameters and result of a workflow or activity function.
 
@@ -137,14 +158,11 @@ class Signature:
 
     def __init__(self, fn: Callable[..., Any], *, skip_first: bool, label: str) -> None:
         self.label = label
-        try:
-            hints = typing.get_type_hints(fn, include_extras=True)
-        except (NameError, TypeError) as exc:
-            raise ConfigurationError(
-                f"{label}: cannot resolve the type hints of {fn.__qualname__}: {exc}"
-            ) from exc
         sig = inspect.signature(fn)
         params = list(sig.parameters.values())
+        hints = _resolve_hints(
+            fn, skip=params[0].name if skip_first and params else None, label=label
+        )
         if skip_first:
             if not params:
                 raise ConfigurationError(

@@ -113,3 +113,40 @@ def test_signature_binds_keywords_and_defaults() -> None:
     with pytest.raises(EncodingError, match=r"fn\(a\)"):
         sig.encode_args(conv, ("x",), {})
     assert sig.decode_result(conv, {"x": 1, "y": 2}) == Point(1, 2.0)
+
+
+class Base64Codec:
+    """A stand-in for an encrypting codec: stored text is not readable JSON."""
+
+    def dumps(self, data: Any) -> str:
+        import base64
+
+        return "b64:" + base64.b64encode(JsonCodec().dumps(data).encode()).decode()
+
+    def loads(self, text: str) -> Any:
+        import base64
+
+        assert text.startswith("b64:")
+        return JsonCodec().loads(base64.b64decode(text[4:]).decode())
+
+
+async def test_pluggable_codec_is_used_for_everything_stored(tmp_path: Any) -> None:
+    import sqlite3
+
+    from stalwart import Engine, WorkflowContext, activity, workflow
+
+    @activity(name="codec_secret")
+    async def secret(word: str) -> str:
+        return word.upper()
+
+    @workflow(name="codec_wf")
+    async def codec_wf(ctx: WorkflowContext, word: str) -> str:
+        return await secret(word)
+
+    db = tmp_path / "enc.db"
+    async with Engine(
+        f"sqlite:///{db}", workflows=[codec_wf], activities=[secret], codec=Base64Codec()
+    ) as engine:
+        assert await codec_wf.run(engine, "hush", id="c1", timeout=10) == "HUSH"
+    raw = sqlite3.connect(db).execute("SELECT group_concat(data) FROM events").fetchone()[0]
+    assert "hush" not in raw.lower() and raw.startswith("b64:")
