@@ -74,16 +74,17 @@ async def _invoke(
     timeout: float | None,
     executor: Executor,
 ) -> Any:
-    ctx = contextvars.copy_context()
-    ctx.run(ACTIVITY_CONTEXT_VAR.set, info)
-    if defn.is_async:
-        coro = defn.fn(*args)
-        task = asyncio.get_running_loop().create_task(coro, context=ctx)
-        return await asyncio.wait_for(task, timeout)
-    call = functools.partial(ctx.run, defn.fn, *args)
-    return await asyncio.wait_for(
-        asyncio.get_running_loop().run_in_executor(executor, call), timeout
-    )
+    # Each attempt runs in its own task (see Worker._run_activity), so the context variable
+    # set here is visible to the activity body only.
+    token = ACTIVITY_CONTEXT_VAR.set(info)
+    try:
+        async with asyncio.timeout(timeout):
+            if defn.is_async:
+                return await defn.fn(*args)
+            call = functools.partial(contextvars.copy_context().run, defn.fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(executor, call)
+    finally:
+        ACTIVITY_CONTEXT_VAR.reset(token)
 
 
 def _failure(act: PendingActivity, exc: BaseException, now: Callable[[], float]) -> ev.Event:

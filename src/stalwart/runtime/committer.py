@@ -43,7 +43,12 @@ class GroupCommitter:
 
     async def submit(self, op: WriteOp) -> WriteOutcome:
         """Queue one operation and wait until it is durably committed (or refused)."""
-        return (await self.submit_many([op]))[0]
+        if self._task is None or self._closed:
+            return (await self._store.write([op]))[0]
+        fut: asyncio.Future[WriteOutcome] = asyncio.get_running_loop().create_future()
+        self._queue.append((op, fut))
+        self._wakeup.set()
+        return await fut
 
     async def submit_many(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
         """Queue several operations (committed in the same or consecutive batches)."""

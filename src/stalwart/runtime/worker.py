@@ -296,6 +296,8 @@ class Worker:
             self._loading.discard(claim.instance_id)
 
     async def _load_claimed(self, claim: Claim) -> None:
+        if claim.instance_id in self.live:
+            return
         rec = await self.store.get_instance(claim.instance_id)
         if rec is None or rec.owner != self.id or rec.epoch != claim.epoch:
             return
@@ -326,6 +328,26 @@ class Worker:
         self.live[rec.id] = inst
         self._kick(inst)
 
+    async def _reload(self, instance_id: str, run_id: str, epoch: int) -> None:
+        """Reload an instance we still own after a failed write, once the store answers."""
+        delay = 0.1
+        while not self._stopping:
+            await asyncio.sleep(delay)
+            try:
+                await self._load_claimed(Claim(instance_id, run_id, epoch, False))
+            except StoreError as exc:
+                self._store_failed(exc)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._store_ok()
+            return
+
+    async def _park(self, instance_id: str, epoch: int, exc: Exception) -> None:
+        try:
+            await self.committer.submit(Suspend(instance_id, self.id, epoch, error_info(exc)))
+        except StoreError as store_exc:
+            self._store_failed(store_exc)
+
     # -- driving one instance ------------------------------------------------------------
     def _kick(self, inst: LiveInstance) -> None:
         if inst.driving is None and not inst.closed:
@@ -352,14 +374,14 @@ class Worker:
                 if not await self._step(inst):
                     break
         except StoreError as exc:
-            # The write may or may not have landed: reload from the store to find out.
+            # The write may or may not have landed: rebuild the instance from the store.
             self._store_failed(exc)
             self._drop(inst)
-            await asyncio.sleep(min(1.0, self.options.poll_interval))
-            self.kick()
-        except Exception:
-            logger.exception("internal error while driving workflow %s", inst.id)
+            self._spawn(self._reload(inst.id, inst.run_id, inst.epoch))
+        except Exception as exc:  # noqa: BLE001 - a bug must park the instance, not lose it
+            logger.exception("internal error while driving workflow %s; suspending it", inst.id)
             self._drop(inst)
+            self._spawn(self._park(inst.id, inst.epoch, exc))
         finally:
             inst.driving = None
         if not inst.closed:
@@ -506,7 +528,11 @@ class Worker:
             )
         if not inst.closed:
             inst.incoming.append(event)
-            self._kick(inst)
+            if inst.driving is None:
+                # Drive the instance from this task rather than spawning another one: the
+                # result is applied and committed without an extra trip through the loop.
+                inst.driving = asyncio.current_task()
+                await self._drive(inst)
 
     def _drop(self, inst: LiveInstance) -> None:
         if self.live.get(inst.id) is inst:
