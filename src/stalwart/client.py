@@ -192,6 +192,11 @@ class Engine:
         self._store = None
 
     @property
+    def codec(self) -> Codec | None:
+        """The codec given to the engine (``None``: the default JSON codec)."""
+        return self._codec
+
+    @property
     def store(self) -> Store:
         """The open store (raises if the engine is not open)."""
         if self._store is None:
@@ -248,7 +253,8 @@ class Engine:
             raise EncodingError("workflow input must be a JSON list of arguments")
         defn = self.registry.workflow(name)
         if defn is None:
-            return await self._create(name, 1, input, None, id, None)
+            data = self.converter.to_data(input, list[Any], path=f"{name} input")
+            return await self._create(name, 1, data, None, id, None)
         values = defn.signature.decode_args(self.converter, input)
         data = defn.signature.encode_args(self.converter, values, {})
         return await self._create(name, defn.version, data, defn.timeout, id, defn)

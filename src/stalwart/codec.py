@@ -13,6 +13,7 @@ Pickle is never used: stored data stays readable and survives code moves.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import typing
@@ -69,17 +70,30 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__qualname__", None) or repr(tp)
 
 
-def _check_json_safe(data: JSONValue, path: str) -> None:
-    """Refuse floats JSON cannot represent (NaN, infinities) instead of writing null."""
-    if isinstance(data, float):
-        if not math.isfinite(data):
-            raise EncodingError(f"{data!r} cannot be stored as JSON", path=path)
-    elif isinstance(data, dict):
-        for key, value in data.items():
-            _check_json_safe(value, f"{path}.{key}")
-    elif isinstance(data, list):
-        for index, value in enumerate(data):
-            _check_json_safe(value, f"{path}[{index}]")
+def _check_json_safe(value: Any, path: str, depth: int = 0) -> None:
+    """Refuse floats JSON cannot represent (NaN, infinities) instead of storing null.
+
+    Runs on the value *before* serialisation, because the serialiser turns them into
+    ``null`` silently.
+    """
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise EncodingError(f"{value!r} cannot be stored as JSON", path=path)
+        return
+    if depth > 64 or isinstance(value, str | bytes | int | bool) or value is None:
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_json_safe(item, f"{path}.{key}", depth + 1)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for index, item in enumerate(value):
+            _check_json_safe(item, f"{path}[{index}]", depth + 1)
+    elif isinstance(value, pydantic.BaseModel):
+        for name in type(value).model_fields:
+            _check_json_safe(getattr(value, name, None), f"{path}.{name}", depth + 1)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            _check_json_safe(getattr(value, f.name, None), f"{path}.{f.name}", depth + 1)
 
 
 class TypeConverter:
@@ -90,6 +104,7 @@ class TypeConverter:
         if tp is inspect.Parameter.empty or tp is None or tp is type(None):
             tp = Any if tp is inspect.Parameter.empty else type(None)
         adapter = _adapter(tp)
+        _check_json_safe(value, path)
         try:
             if tp is not Any:
                 value = adapter.validate_python(value)
@@ -99,7 +114,6 @@ class TypeConverter:
                 f"cannot encode {type(value).__qualname__} as {_type_name(tp)}: {_first_line(exc)}",
                 path=path,
             ) from exc
-        _check_json_safe(data, path)
         return data
 
     def from_data(self, data: JSONValue, tp: Any, *, path: str = "value") -> Any:

@@ -150,3 +150,9 @@ async def test_pluggable_codec_is_used_for_everything_stored(tmp_path: Any) -> N
         assert await codec_wf.run(engine, "hush", id="c1", timeout=10) == "HUSH"
     raw = sqlite3.connect(db).execute("SELECT group_concat(data) FROM events").fetchone()[0]
     assert "hush" not in raw.lower() and raw.startswith("b64:")
+
+
+def test_non_finite_floats_are_refused_even_untyped() -> None:
+    for value in (math.nan, {"a": math.inf}, [1.0, -math.inf], Point(1, math.nan)):
+        with pytest.raises(EncodingError, match="cannot be stored as JSON"):
+            conv.to_data(value, Any)

@@ -1,6 +1,5 @@
 """The ``stalwart`` Typer application: arguments, options and help text."""
 
-import logging
 from typing import Annotated
 
 import typer
@@ -8,6 +7,7 @@ import typer
 from stalwart.cli import commands
 from stalwart.cli.errors import guarded, run_async
 from stalwart.cli.loader import DEFAULT_DB, client_engine, worker_engine
+from stalwart.cli.logs import configure_logging
 
 app = typer.Typer(
     name="stalwart",
@@ -25,8 +25,8 @@ Db = Annotated[
         envvar="STALWART_DB",
         metavar="URL",
         show_default=False,
-        help=f"Store URL (sqlite:///path.db or memory://). [default: the app engine's, "
-        f"else {DEFAULT_DB}]",
+        help="Store URL: sqlite:///path.db or memory://. Default: the URL of the app's "
+        f"Engine, else {DEFAULT_DB}.",
     ),
 ]
 App = Annotated[
@@ -65,25 +65,25 @@ def worker(
     lease_seconds: Annotated[
         float | None, typer.Option(min=0.1, help="Lease before others take over.")
     ] = None,
-    log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
-    as_json: Json = False,
+    log_level: Annotated[str, typer.Option(help="Logging level (DEBUG..CRITICAL).")] = "INFO",
+    as_json: Annotated[bool, typer.Option("--json", help="Log as JSON lines.")] = False,
 ) -> None:
-    """Run a worker for the app's workflows until SIGINT/SIGTERM (then stop gracefully)."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    """Run a worker for the app's workflows until SIGINT/SIGTERM (then stop gracefully).
+
+    With --json, log records are written to stderr as JSON lines.
+    """
 
     def go() -> None:
+        configure_logging(log_level, as_json=as_json)
         engine = worker_engine(db, target or app_spec, name=name, lease_seconds=lease_seconds)
-        run_async(lambda: commands.run_worker(engine, as_json=as_json))
+        run_async(lambda: commands.run_worker(engine))
 
     guarded(go)
 
 
 @app.command()
 def start(
-    name: Annotated[str, typer.Argument(help="Registered workflow name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Registered workflow name.")],
     input_json: Annotated[
         str,
         typer.Option(

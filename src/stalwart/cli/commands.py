@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from rich.markup import escape
@@ -16,12 +17,22 @@ from stalwart.cli.loader import engine_url
 
 logger = logging.getLogger("stalwart.cli")
 
+ClientOp = Callable[[Engine], Awaitable[None]]
+"""What a client command does with an open, worker-less engine."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
 
 def parse_json(text: str, what: str) -> Any:
-    """Parse a JSON command-line value; invalid JSON is a usage error (exit 2)."""
+    """Parse a JSON command-line value; invalid JSON is a usage error (exit 2).
+
+    ``NaN`` and ``Infinity`` (which Python's parser accepts) are refused too.
+    """
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except ValueError as exc:
         raise CliError(f"invalid JSON for {what}: {exc} (got {text!r})", EXIT_USAGE) from None
 
 
@@ -33,6 +44,12 @@ def input_arguments(text: str) -> list[Any]:
 
 def _say(message: str) -> None:
     render.console().print(message, soft_wrap=True)
+
+
+async def with_engine(engine: Engine, op: ClientOp) -> None:
+    """Open ``engine``, run ``op`` with it and close it."""
+    async with engine:
+        await op(engine)
 
 
 async def run_worker(engine: Engine) -> None:
@@ -145,7 +162,7 @@ async def signal(
     """Deliver a signal (durably accepted once this returns)."""
     await engine.get_handle(instance_id).signal(name, payload)
     if as_json:
-        render.emit_json({"id": instance_id, "signal": name, "delivered": True})
+        render.emit_json({"id": instance_id, "signal": name, "accepted": True})
     else:
         _say(f"signal {escape(repr(name))} sent to {escape(repr(instance_id))}")
 

@@ -62,9 +62,8 @@ def client_engine(db: str | None, app: str | None) -> Engine:
         worker=False,
         workflows=source.registry.workflows(),
         activities=source.registry.activities(),
-        # Engine has no public accessor for its codec; without it a custom codec
-        # (compression, encryption) would make the CLI misread the stored data.
-        codec=source._codec,
+        # Without the app's codec (compression, encryption) stored data would be misread.
+        codec=source.codec,
     )
 
 

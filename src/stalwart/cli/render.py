@@ -100,7 +100,7 @@ def description_data(desc: WorkflowDescription) -> dict[str, Any]:
 
 def describe_table(desc: WorkflowDescription) -> Table:
     """A two-column table of every field of a description."""
-    table = Table(box=box.SIMPLE, show_header=False, pad_edge=False)
+    table = Table(box=None, show_header=False, padding=(0, 2, 0, 0))
     table.add_column("field", style="bold", no_wrap=True)
     table.add_column("value", overflow="fold")
     rows: list[tuple[str, str | Text]] = [
@@ -132,7 +132,7 @@ def list_data(page: WorkflowList) -> dict[str, Any]:
 
 def list_table(page: WorkflowList) -> Table:
     """One row per instance: id, name, version, status, times and current step."""
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
     id_width = max((len(d.id) for d in page.items), default=2)
     table.add_column("ID", no_wrap=True, min_width=min(id_width, 36), overflow="fold")
     table.add_column("NAME", overflow="fold")
@@ -178,7 +178,7 @@ def event_details(item: HistoryEvent) -> str:
 
 def history_table(events: list[HistoryEvent]) -> Table:
     """One row per event: sequence number, time, type and a short summary."""
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
     table.add_column("SEQ", justify="right", no_wrap=True)
     table.add_column("TIME (UTC)", no_wrap=True)
     table.add_column("TYPE", no_wrap=True, style="bold")

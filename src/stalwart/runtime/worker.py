@@ -378,7 +378,7 @@ class Worker:
             self._store_failed(exc)
             self._drop(inst)
             self._spawn(self._reload(inst.id, inst.run_id, inst.epoch))
-        except Exception as exc:  # noqa: BLE001 - a bug must park the instance, not lose it
+        except Exception as exc:  # a bug must park the instance, not lose it
             logger.exception("internal error while driving workflow %s; suspending it", inst.id)
             self._drop(inst)
             self._spawn(self._park(inst.id, inst.epoch, exc))

@@ -231,7 +231,9 @@ class MemoryStore:
         wanted = set(names)
         with self._lock:
             now = self._clock()
-            live = {w.id for w in self._workers.values() if w.expires_at >= now}
+            expired = {
+                w.id for w in self._workers.values() if w.expires_at < now and w.id != worker_id
+            }
             claims: list[Claim] = []
             candidates = sorted(
                 (
@@ -249,9 +251,7 @@ class MemoryStore:
                 if rec.owner == worker_id:
                     if due:
                         claims.append(Claim(rec.id, rec.run_id, rec.epoch, False))
-                elif (rec.owner is None and due) or (
-                    rec.owner is not None and rec.owner not in live
-                ):
+                elif (rec.owner is None and due) or rec.owner in expired:
                     inst.rec = dataclasses.replace(
                         rec, owner=worker_id, epoch=rec.epoch + 1, updated_at=now
                     )

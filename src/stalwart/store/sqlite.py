@@ -268,7 +268,7 @@ class SQLiteStore:
             ),
         ).fetchone()
         if row is None:
-            return WriteOutcome(False, "conflict")
+            return WriteOutcome(False, self._refusal(conn, op.instance_id))
         if op.events:
             self._insert_events(conn, op.instance_id, row[0], op.expected_seq, op.events)
         if op.inbox_upto:
@@ -292,7 +292,7 @@ class SQLiteStore:
             "UPDATE instances SET wake_at = ?, updated_at = ? WHERE id = ?",
             (now, now, op.instance_id),
         )
-        return WriteOutcome(True, record=rec, message_id=cur.lastrowid)
+        return WriteOutcome(True, record=self._get(conn, op.instance_id), message_id=cur.lastrowid)
 
     def _terminate(self, conn: sqlite3.Connection, op: Terminate, now: float) -> WriteOutcome:
         rec = self._get(conn, op.instance_id)
@@ -319,8 +319,12 @@ class SQLiteStore:
             (self._codec.dumps(op.error), now, op.instance_id, op.owner, op.epoch),
         )
         if cur.rowcount == 0:
-            return WriteOutcome(False, "conflict")
+            return WriteOutcome(False, self._refusal(conn, op.instance_id))
         return WriteOutcome(True)
+
+    def _refusal(self, conn: sqlite3.Connection, instance_id: str) -> str:
+        exists = conn.execute("SELECT 1 FROM instances WHERE id = ?", (instance_id,)).fetchone()
+        return "conflict" if exists else "not_found"
 
     def _resume(self, conn: sqlite3.Connection, op: Resume, now: float) -> WriteOutcome:
         cur = conn.execute(
@@ -367,13 +371,13 @@ class SQLiteStore:
 
     async def load_history(self, instance_id: str, run_id: str) -> list[HistoryEvent]:
         """Every event of the run, in order."""
-        del instance_id  # the run id alone identifies the history
 
         def read() -> list[HistoryEvent]:
             loads = self._codec.loads
             rows = self._r.execute(
-                "SELECT seq, time, type, data FROM events WHERE run_id = ? ORDER BY seq",
-                (run_id,),
+                "SELECT seq, time, type, data FROM events WHERE run_id = ? AND instance_id = ? "
+                "ORDER BY seq",
+                (run_id, instance_id),
             ).fetchall()
             return [HistoryEvent(s, t, event_from_data(k, loads(d))) for s, t, k, d in rows]
 
@@ -438,16 +442,23 @@ class SQLiteStore:
                     Claim(i, r, e, False)
                     for i, r, e in conn.execute(
                         f"SELECT id, run_id, epoch FROM instances WHERE owner = ? "
-                        f"AND wake_at <= ? AND status IN {_ACTIVE} LIMIT ?",
-                        (worker_id, now, limit),
+                        f"AND wake_at <= ? AND status IN {_ACTIVE} AND name IN ({marks}) "
+                        f"LIMIT ?",
+                        (worker_id, now, *names, limit),
                     )
                 ]
-                for pick in (
-                    f"SELECT id FROM instances WHERE owner IS NULL AND status IN {_ACTIVE} "
-                    f"AND wake_at <= ? AND name IN ({marks}) ORDER BY wake_at LIMIT ?",
-                    f"SELECT id FROM instances WHERE owner IN "
-                    f"(SELECT id FROM workers WHERE expires_at < ?) AND status IN {_ACTIVE} "
-                    f"AND name IN ({marks}) LIMIT ?",
+                for pick, pick_params in (
+                    (
+                        f"SELECT id FROM instances WHERE owner IS NULL AND status IN {_ACTIVE} "
+                        f"AND wake_at <= ? AND name IN ({marks}) ORDER BY wake_at LIMIT ?",
+                        (now,),
+                    ),
+                    (
+                        f"SELECT id FROM instances WHERE owner IN "
+                        f"(SELECT id FROM workers WHERE expires_at < ? AND id <> ?) "
+                        f"AND status IN {_ACTIVE} AND name IN ({marks}) LIMIT ?",
+                        (now, worker_id),
+                    ),
                 ):
                     room = limit - len(claims)
                     if room <= 0:
@@ -455,7 +466,7 @@ class SQLiteStore:
                     rows = conn.execute(
                         f"UPDATE instances SET owner = ?, epoch = epoch + 1, updated_at = ? "
                         f"WHERE id IN ({pick}) RETURNING id, run_id, epoch",
-                        (worker_id, now, now, *names, room),
+                        (worker_id, now, *pick_params, *names, room),
                     ).fetchall()
                     claims += [Claim(i, r, e, True) for i, r, e in rows]
                 conn.execute("COMMIT")

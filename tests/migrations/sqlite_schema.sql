@@ -1,0 +1,87 @@
+-- Snapshot of sqlite_master after applying every SQLite migration
+-- (src/stalwart/store/sql/sqlite/). Generated; do not edit by hand. Regenerate with:
+--     STALWART_UPDATE_SCHEMA_SNAPSHOT=1 .venv/bin/pytest tests/migrations
+--
+-- migration 1: 0001_initial.sql
+
+-- index inbox_instance (on inbox)
+CREATE INDEX inbox_instance ON inbox (instance_id, id);
+
+-- index instances_created (on instances)
+CREATE INDEX instances_created ON instances (created_at, id);
+
+-- index instances_due (on instances)
+CREATE INDEX instances_due ON instances (wake_at)
+    WHERE owner IS NULL AND status IN ('pending', 'running');
+
+-- index instances_name_status (on instances)
+CREATE INDEX instances_name_status ON instances (name, status, created_at);
+
+-- index instances_owner (on instances)
+CREATE INDEX instances_owner ON instances (owner) WHERE owner IS NOT NULL;
+
+-- index instances_status (on instances)
+CREATE INDEX instances_status ON instances (status, created_at);
+
+-- index sqlite_autoindex_instances_1 (on instances)
+-- (implicit, no SQL)
+
+-- index sqlite_autoindex_workers_1 (on workers)
+-- (implicit, no SQL)
+
+-- table events (on events)
+CREATE TABLE events (
+    run_id      TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    instance_id TEXT NOT NULL,
+    type        TEXT NOT NULL,
+    time        REAL NOT NULL,
+    data        TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+
+-- table inbox (on inbox)
+CREATE TABLE inbox (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    instance_id TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    payload     TEXT NOT NULL,
+    time        REAL NOT NULL
+);
+
+-- table instances (on instances)
+CREATE TABLE instances (
+    id           TEXT PRIMARY KEY,
+    name         TEXT NOT NULL,
+    version      INTEGER NOT NULL,
+    status       TEXT NOT NULL,
+    run_id       TEXT NOT NULL,
+    input        TEXT NOT NULL,
+    output       TEXT,
+    error        TEXT,
+    created_at   REAL NOT NULL,
+    updated_at   REAL NOT NULL,
+    owner        TEXT,
+    epoch        INTEGER NOT NULL,
+    wake_at      REAL,
+    history_len  INTEGER NOT NULL,
+    current_step TEXT,
+    parent_id    TEXT
+);
+
+-- table sqlite_sequence (on sqlite_sequence)
+CREATE TABLE sqlite_sequence(name,seq);
+
+-- table stalwart_schema_version (on stalwart_schema_version)
+CREATE TABLE stalwart_schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL);
+
+-- table workers (on workers)
+CREATE TABLE workers (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL,
+    host       TEXT NOT NULL,
+    pid        INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
