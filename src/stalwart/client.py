@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 import uuid
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +30,7 @@ from stalwart.errors import (
     WorkflowClosedError,
     WorkflowFailedError,
     WorkflowNotFoundError,
+    WorkflowNotRegisteredError,
 )
 from stalwart.runtime.clock import Clock, RealClock
 from stalwart.runtime.committer import GroupCommitter
@@ -44,6 +46,7 @@ from stalwart.store.base import (
     SendMessage,
     Store,
     Terminate,
+    WorkerRecord,
 )
 
 R = TypeVar("R")
@@ -66,10 +69,16 @@ class WorkflowDescription:
     owner: str | None
     history_length: int
     wake_at: datetime | None
+    parent_id: str | None = None
+    unserved: str | None = None
+    """Set when the instance waits for a worker that does not exist: no live worker runs
+    its workflow name and version (for example after a deploy removed that version)."""
 
     @classmethod
-    def from_record(cls, rec: InstanceRecord) -> WorkflowDescription:
-        """Build from a stored instance record."""
+    def from_record(
+        cls, rec: InstanceRecord, workers: Sequence[WorkerRecord] = ()
+    ) -> WorkflowDescription:
+        """Build from a stored instance record (``workers``: the live workers)."""
         return cls(
             id=rec.id,
             name=rec.name,
@@ -83,7 +92,19 @@ class WorkflowDescription:
             owner=rec.owner,
             history_length=rec.history_len,
             wake_at=_dt(rec.wake_at) if rec.wake_at is not None else None,
+            parent_id=rec.parent_id,
+            unserved=_unserved(rec, workers),
         )
+
+
+def _unserved(rec: InstanceRecord, workers: Sequence[WorkerRecord]) -> str | None:
+    if rec.status in TERMINAL_STATUSES:
+        return None
+    if any(f"{rec.name}@{rec.version}" in w.serves for w in workers):
+        return None
+    others = sorted({s for w in workers for s in w.serves if s.startswith(f"{rec.name}@")})
+    where = f"; live workers serve {', '.join(others)}" if others else ""
+    return f"no live worker serves {rec.name!r} version {rec.version}{where}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,27 +255,48 @@ class Engine:
 
     # -- starting ----------------------------------------------------------------------
     async def start(
-        self, invocation: WorkflowInvocation[R], *, id: str | None = None
+        self,
+        invocation: WorkflowInvocation[R],
+        *,
+        id: str | None = None,
+        version: int | None = None,
     ) -> WorkflowHandle[R]:
-        """Start ``wf(args...)`` (idempotent on ``id``) and return its typed handle."""
+        """Start ``wf(args...)`` (idempotent on ``id``) and return its typed handle.
+
+        The instance runs the definition's version, or ``version`` when given (another
+        registered version of the same name).
+        """
         defn = invocation.workflow
+        if version is not None and version != defn.version:
+            pinned = self.registry.workflow(defn.name, version)
+            if pinned is None:
+                raise WorkflowNotRegisteredError(defn.name, version)
+            defn = pinned
         data = defn.signature.encode_args(self.converter, invocation.args, invocation.kwargs)
         return await self._create(defn.name, defn.version, data, defn.timeout, id, defn)
 
     async def start_by_name(
-        self, name: str, input: list[Any], *, id: str | None = None
+        self,
+        name: str,
+        input: list[Any],
+        *,
+        id: str | None = None,
+        version: int | None = None,
     ) -> WorkflowHandle[Any]:
-        """Start a workflow by registered name with JSON arguments (used by the CLI).
+        """Start a workflow by name with JSON arguments (used by the CLI).
 
+        New instances take the latest registered version unless ``version`` pins one.
         When the workflow is registered here its arguments are checked against its
         parameter types; otherwise they are stored as given for a worker that knows it.
         """
         if not isinstance(input, list):
             raise EncodingError("workflow input must be a JSON list of arguments")
-        defn = self.registry.workflow(name)
+        defn = self.registry.workflow(name, version)
         if defn is None:
+            if version is not None and self.registry.versions(name):
+                raise WorkflowNotRegisteredError(name, version)
             data = self.converter.to_data(input, list[Any], path=f"{name} input")
-            return await self._create(name, 1, data, None, id, None)
+            return await self._create(name, version or 1, data, None, id, None)
         values = defn.signature.decode_args(self.converter, input)
         data = defn.signature.encode_args(self.converter, values, {})
         return await self._create(name, defn.version, data, defn.timeout, id, defn)
@@ -275,8 +317,18 @@ class Engine:
         started = WorkflowStarted(
             name=name, version=version, input=data, run_id=run_id, timeout=timeout
         )
+        if defn is not None and defn.deprecated:
+            warnings.warn(
+                f"workflow {name!r} version {version} is deprecated; start another version",
+                DeprecationWarning,
+                stacklevel=3,
+            )
         worker = self.worker
-        local = worker is not None and defn is not None and self.registry.workflow(name) is defn
+        local = (
+            worker is not None
+            and defn is not None
+            and self.registry.workflow(name, version) is defn
+        )
         outcome = await self.committer.submit(
             CreateInstance(
                 instance_id,
@@ -327,9 +379,15 @@ class Engine:
         page = await self.store.list_instances(
             ListFilter(name=name, status=status), limit=limit, cursor=cursor
         )
+        workers = await self.live_workers()
         return WorkflowList(
-            [WorkflowDescription.from_record(r) for r in page.items], page.next_cursor
+            [WorkflowDescription.from_record(r, workers) for r in page.items], page.next_cursor
         )
+
+    async def live_workers(self) -> Sequence[WorkerRecord]:
+        """Workers whose lease has not expired."""
+        now = self.store.now()
+        return [w for w in await self.store.list_workers() if w.expires_at >= now]
 
     # -- internal notifications ----------------------------------------------------------
     def _instance_closed(self, instance_id: str) -> None:
@@ -390,7 +448,8 @@ class WorkflowHandle(Generic[R]):
 
     async def describe(self) -> WorkflowDescription:
         """Name, version, status, timestamps, current step and error of the instance."""
-        return WorkflowDescription.from_record(await self._record())
+        rec = await self._record()
+        return WorkflowDescription.from_record(rec, await self.engine.live_workers())
 
     async def history(self) -> list[HistoryEvent]:
         """The current run's events, in order."""
@@ -405,7 +464,7 @@ class WorkflowHandle(Generic[R]):
         """
         rec = await asyncio.wait_for(self._wait_closed(), timeout)
         if rec.status == "completed":
-            defn = self._defn or self.engine.registry.workflow(rec.name)
+            defn = self._defn or self.engine.registry.workflow(rec.name, rec.version)
             if defn is None:
                 value: R = rec.output
                 return value

@@ -117,6 +117,19 @@ class WorkflowContext:
         value: T = self._converter.from_data(data, tp, path="side_effect")
         return value
 
+    def patched(self, change_id: str) -> bool:
+        """True on the new code path of an in-place change named ``change_id``.
+
+        Wrap a change to a running workflow's logic as ``if ctx.patched("id"): new else:
+        old``: runs recorded before the change replay the old branch, new runs take the new
+        one. Once no old run is left, replace the call by ``ctx.deprecate_patch("id")``.
+        """
+        return self._run.patched(change_id)
+
+    def deprecate_patch(self, change_id: str) -> None:
+        """Mark ``change_id`` as always taken, still accepting histories with its marker."""
+        self._run.deprecate_patch(change_id)
+
     async def sleep(self, duration: float | timedelta) -> None:
         """Sleep durably: the timer survives crashes and restarts.
 

@@ -25,28 +25,47 @@ R = TypeVar("R")
 
 
 class Registry:
-    """Workflows and activities known by name.
+    """Workflows (by name and version) and activities (by name).
 
     The default registry collects everything decorated; an engine builds its own from it
-    (or from explicit lists) and refuses two different definitions under one name.
+    (or from explicit lists) and refuses two different definitions under one name (and,
+    for workflows, one version).
     """
 
     def __init__(self) -> None:
-        self._workflows: dict[str, list[WorkflowDefinition[Any, Any]]] = {}
+        self._workflows: dict[tuple[str, int], list[WorkflowDefinition[Any, Any]]] = {}
         self._activities: dict[str, list[ActivityDefinition[Any, Any]]] = {}
 
     def add_workflow(self, defn: WorkflowDefinition[Any, Any]) -> None:
         """Register a workflow definition (re-registering the same function replaces it)."""
-        _add(self._workflows, defn.name, defn)
+        _add(self._workflows, (defn.name, defn.version), defn)
 
     def add_activity(self, defn: ActivityDefinition[Any, Any]) -> None:
         """Register an activity definition (re-registering the same function replaces it)."""
         _add(self._activities, defn.name, defn)
 
-    def workflow(self, name: str) -> WorkflowDefinition[Any, Any] | None:
-        """The workflow registered under ``name``, if there is exactly one."""
-        found = self._workflows.get(name)
+    def workflow(
+        self, name: str, version: int | None = None
+    ) -> WorkflowDefinition[Any, Any] | None:
+        """The workflow ``name`` at ``version`` (default: the latest registered version)."""
+        if version is None:
+            versions = self.versions(name)
+            if not versions:
+                return None
+            version = versions[-1]
+        found = self._workflows.get((name, version))
         return found[-1] if found and len(found) == 1 else None
+
+    def versions(self, name: str) -> list[int]:
+        """The registered versions of workflow ``name``, ascending."""
+        return sorted(v for n, v in self._workflows if n == name)
+
+    def served(self) -> dict[str, list[int]]:
+        """Every workflow name with the versions registered for it."""
+        out: dict[str, list[int]] = {}
+        for name, version in sorted(self._workflows):
+            out.setdefault(name, []).append(version)
+        return out
 
     def activity(self, name: str) -> ActivityDefinition[Any, Any] | None:
         """The activity registered under ``name``, if there is exactly one."""
@@ -54,7 +73,7 @@ class Registry:
         return found[-1] if found and len(found) == 1 else None
 
     def workflows(self) -> list[WorkflowDefinition[Any, Any]]:
-        """Every registered workflow."""
+        """Every registered workflow (every version)."""
         return [d for defs in self._workflows.values() for d in defs]
 
     def activities(self) -> list[ActivityDefinition[Any, Any]]:
@@ -63,22 +82,27 @@ class Registry:
 
     def workflow_names(self) -> list[str]:
         """Names of the registered workflows, sorted."""
-        return sorted(self._workflows)
+        return sorted({name for name, _ in self._workflows})
 
     def check_unique(self) -> None:
-        """Refuse two different functions registered under one name."""
-        for kind, table in (("workflow", self._workflows), ("activity", self._activities)):
-            for name, defs in table.items():
+        """Refuse two different functions registered under one name (and version)."""
+        tables: list[tuple[str, dict[Any, list[Any]]]] = [
+            ("workflow", self._workflows),
+            ("activity", self._activities),
+        ]
+        for kind, table in tables:
+            for key, defs in table.items():
                 if len(defs) > 1:
                     where = ", ".join(f"{d.fn.__module__}.{d.fn.__qualname__}" for d in defs)
+                    label = f"{key[0]!r} version {key[1]}" if isinstance(key, tuple) else repr(key)
                     raise ConfigurationError(
-                        f"two {kind}s are registered under the name {name!r} ({where}); "
-                        f"give one of them name=..."
+                        f"two {kind}s are registered under the name {label} ({where}); "
+                        f"give one of them name=... (or another version)"
                     )
 
 
-def _add(table: dict[str, list[Any]], name: str, defn: Any) -> None:
-    defs = table.setdefault(name, [])
+def _add(table: dict[Any, list[Any]], key: Any, defn: Any) -> None:
+    defs = table.setdefault(key, [])
     key = (defn.fn.__module__, defn.fn.__qualname__)
     defs[:] = [d for d in defs if (d.fn.__module__, d.fn.__qualname__) != key]
     defs.append(defn)
@@ -199,6 +223,7 @@ class WorkflowDefinition(Generic[P, R]):
         name: str | None = None,
         version: int = 1,
         timeout: float | timedelta | None = None,
+        deprecated: bool = False,
     ) -> None:
         if not inspect.iscoroutinefunction(fn):
             raise ConfigurationError(
@@ -210,6 +235,7 @@ class WorkflowDefinition(Generic[P, R]):
         self.name = name if name is not None else fn.__name__
         _check_name(self.name, "workflow")
         self.version = version
+        self.deprecated = deprecated
         self.timeout = as_seconds(timeout, f"@workflow {self.name!r} timeout")
         self.signature = Signature(fn, skip_first=True, label=self.name)
         self.__doc__ = fn.__doc__
@@ -272,6 +298,7 @@ def workflow(
     name: str | None = None,
     version: int = 1,
     timeout: float | timedelta | None = None,
+    deprecated: bool = False,
 ) -> Callable[
     [Callable[Concatenate[WorkflowContext, P], Awaitable[R]]], WorkflowDefinition[P, R]
 ]: ...
@@ -284,6 +311,7 @@ def workflow(
     name: str | None = None,
     version: int = 1,
     timeout: float | timedelta | None = None,
+    deprecated: bool = False,
 ) -> (
     WorkflowDefinition[P, R]
     | Callable[[Callable[Concatenate[WorkflowContext, P], Awaitable[R]]], WorkflowDefinition[P, R]]
@@ -291,13 +319,18 @@ def workflow(
     """Declare a workflow; usable bare (``@workflow``) or with options.
 
     ``name`` defaults to the function's name, ``version`` to 1 and ``timeout`` (the whole
-    run, in seconds or as a ``timedelta``) to none.
+    run, in seconds or as a ``timedelta``) to none. Several versions may be registered under
+    one name: new instances take the latest (or the version pinned at start) and running
+    instances always replay on the version they started with. ``deprecated=True`` warns
+    on every new start.
     """
 
     def wrap(
         f: Callable[Concatenate[WorkflowContext, P], Awaitable[R]],
     ) -> WorkflowDefinition[P, R]:
-        defn = WorkflowDefinition(f, name=name, version=version, timeout=timeout)
+        defn = WorkflowDefinition(
+            f, name=name, version=version, timeout=timeout, deprecated=deprecated
+        )
         default_registry.add_workflow(defn)
         return defn
 

@@ -3,6 +3,7 @@
 --     STALWART_UPDATE_SCHEMA_SNAPSHOT=1 .venv/bin/pytest tests/migrations
 --
 -- migration 1: 0001_initial.sql
+-- migration 2: 0002_worker_serves.sql
 
 -- index inbox_instance (on inbox)
 CREATE INDEX inbox_instance ON inbox (instance_id, id);
@@ -84,4 +85,4 @@ CREATE TABLE workers (
     pid        INTEGER NOT NULL,
     started_at REAL NOT NULL,
     expires_at REAL NOT NULL
-);
+, serves TEXT NOT NULL DEFAULT '[]');

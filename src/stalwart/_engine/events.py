@@ -157,6 +157,23 @@ class SideEffectRecorded(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class MarkerRecorded(Event):
+    """A named marker, e.g. ``patch:<change id>`` from ``ctx.patched()``.
+
+    Markers take no command number, so histories recorded before a patch was added still
+    replay: where the marker is absent, ``patched()`` answers False and nothing shifts.
+    """
+
+    kind: ClassVar[str] = "MarkerRecorded"
+    is_command: ClassVar[bool] = True
+    name: str
+    value: JSON = None
+
+    def describe(self) -> str:
+        return f"MarkerRecorded({self.name!r})"
+
+
+@dataclass(frozen=True, slots=True)
 class CancelRequested(Event):
     """Someone asked the run to cancel; ``Cancelled`` is raised at the code's await."""
 
@@ -219,6 +236,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         TimerFired,
         SignalReceived,
         SideEffectRecorded,
+        MarkerRecorded,
         CancelRequested,
         WorkflowCompleted,
         WorkflowFailed,
@@ -258,3 +276,21 @@ class HistoryEvent:
     def kind(self) -> str:
         """The event's type name."""
         return self.event.kind
+
+
+def history_to_json(items: list[HistoryEvent]) -> list[dict[str, JSON]]:
+    """Export a history as JSON-able dicts ``{"seq", "time", "type", **fields}``."""
+    return [{"seq": h.seq, "time": h.time, "type": h.kind, **h.event.to_data()} for h in items]
+
+
+def history_from_json(data: list[dict[str, JSON]]) -> list[HistoryEvent]:
+    """Rebuild a history exported by :func:`history_to_json` (or ``stalwart history --json``)."""
+    items = []
+    for raw in data:
+        fields = dict(raw)
+        try:
+            seq, time, kind = fields.pop("seq"), fields.pop("time"), fields.pop("type")
+        except KeyError as exc:
+            raise ValueError(f"history entry without {exc.args[0]!r}: {raw!r}") from None
+        items.append(HistoryEvent(int(seq), float(time), event_from_data(str(kind), fields)))
+    return items

@@ -115,6 +115,7 @@ class WorkflowRun:
         self._new: list[ev.Event] = []
         self._diverged: NonDeterminismError | None = None
         self._closing = False
+        self._patches: dict[str, bool] = {}
 
     # -- public driving API ------------------------------------------------------------
     @property
@@ -209,6 +210,38 @@ class WorkflowRun:
         value = compute()
         self._emit(ev.SideEffectRecorded(cmd=cmd, value=value))
         return value
+
+    def patched(self, change_id: str) -> bool:
+        """Whether the run takes the patched code path for ``change_id``.
+
+        New runs (and runs past their recorded history) take it and record a marker.
+        Replaying a history recorded before the patch existed (no marker at this point)
+        answers False, so the old code path replays. The answer is fixed for the run.
+        """
+        if change_id in self._patches:
+            return self._patches[change_id]
+        marker = f"patch:{change_id}"
+        if self.is_replaying:
+            recorded = self._history[self._cursor].event
+            taken = isinstance(recorded, ev.MarkerRecorded) and recorded.name == marker
+            if taken:
+                self._cursor += 1
+        else:
+            self._emit(ev.MarkerRecorded(name=marker, value=True))
+            taken = True
+        self._patches[change_id] = taken
+        return taken
+
+    def deprecate_patch(self, change_id: str) -> None:
+        """Accept a history that still holds ``change_id``'s marker, without recording one.
+
+        Call it in place of ``patched()`` once every run started before the patch ended.
+        """
+        if self.is_replaying:
+            recorded = self._history[self._cursor].event
+            if isinstance(recorded, ev.MarkerRecorded) and recorded.name == f"patch:{change_id}":
+                self._cursor += 1
+        self._patches[change_id] = True
 
     def wait_signal(self, name: str) -> asyncio.Future[JSON]:
         """A future for the next signal called ``name`` (buffered ones are taken first)."""
@@ -387,6 +420,9 @@ def _same_command(recorded: ev.Event, issued: ev.Event) -> bool:
     if isinstance(recorded, ev.ActivityScheduled):
         assert isinstance(issued, ev.ActivityScheduled)
         return recorded.cmd == issued.cmd and recorded.name == issued.name
+    if isinstance(recorded, ev.MarkerRecorded):
+        assert isinstance(issued, ev.MarkerRecorded)
+        return recorded.name == issued.name
     if isinstance(recorded, ev.TimerStarted | ev.SideEffectRecorded):
         return recorded.cmd == getattr(issued, "cmd", None)
     return True

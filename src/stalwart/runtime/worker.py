@@ -109,6 +109,7 @@ class Worker:
         self.name = options.name or f"{socket.gethostname()}:{os.getpid()}"
         self.id = f"{self.name}-{uuid.uuid4().hex[:12]}"
         self.names = registry.workflow_names()
+        self.versions = registry.served()
         self.live: dict[str, LiveInstance] = {}
         self._executor = ThreadPoolExecutor(
             options.activity_threads, thread_name_prefix="stalwart-activity"
@@ -151,6 +152,7 @@ class Worker:
                 os.getpid(),
                 now,
                 now + self.options.lease_seconds,
+                serves=tuple(f"{n}@{v}" for n, vs in self.versions.items() for v in vs),
             )
         )
 
@@ -239,13 +241,15 @@ class Worker:
                 if self.clock.now() >= next_liveness:
                     await self._expire_dead_local_workers()
                     next_liveness = self.clock.now() + 1.0
-                claims = await self.store.claim(self.id, self.names, limit=self.options.claim_batch)
+                claims = await self.store.claim(
+                    self.id, self.names, limit=self.options.claim_batch, versions=self.versions
+                )
                 for claim in claims:
                     self._on_claim(claim)
                 if len(claims) >= self.options.claim_batch:
                     await asyncio.sleep(0)
                     continue
-                wake = await self.store.next_wake(self.names)
+                wake = await self.store.next_wake(self.names, versions=self.versions)
                 self._store_ok()
             except StoreError as exc:
                 self._store_failed(exc)
@@ -303,7 +307,7 @@ class Worker:
             return
         if rec.status not in ACTIVE_STATUSES:
             return
-        defn = self.registry.workflow(rec.name)
+        defn = self.registry.workflow(rec.name, rec.version)
         if defn is None:
             return
         history = await self.store.load_history(rec.id, rec.run_id)

@@ -12,7 +12,7 @@ history length)``, committed together with its history events and inbox acknowle
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -81,6 +81,8 @@ class WorkerRecord:
     pid: int
     started_at: float
     expires_at: float
+    serves: tuple[str, ...] = ()
+    """The workflows the worker runs, as ``"name@version"``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,16 +241,26 @@ class Store(Protocol):
         """Inbox messages with id greater than ``after_id``, oldest first."""
         ...
 
-    async def claim(self, worker_id: str, names: Sequence[str], *, limit: int = 100) -> list[Claim]:
+    async def claim(
+        self,
+        worker_id: str,
+        names: Sequence[str],
+        *,
+        limit: int = 100,
+        versions: Mapping[str, Sequence[int]] | None = None,
+    ) -> list[Claim]:
         """Claim runnable instances and report owned ones that are due.
 
-        Claimable: active, of a served name, and either unowned and due, or owned by a
-        worker whose lease expired. Claiming bumps the epoch (fencing the old owner).
+        Claimable: active, of a served name (and, when ``versions`` is given, of a served
+        version of that name), and either unowned and due, or owned by a worker whose
+        lease expired. Claiming bumps the epoch (fencing the old owner).
         """
         ...
 
-    async def next_wake(self, names: Sequence[str]) -> float | None:
-        """The earliest due time of an unowned active instance of the served names."""
+    async def next_wake(
+        self, names: Sequence[str], *, versions: Mapping[str, Sequence[int]] | None = None
+    ) -> float | None:
+        """The earliest due time of an unowned active instance of the served workflows."""
         ...
 
     async def register_worker(self, worker: WorkerRecord) -> None:

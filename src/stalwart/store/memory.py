@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from stalwart._engine.events import TERMINAL_EVENTS, HistoryEvent
@@ -226,9 +226,16 @@ class MemoryStore:
             return [m for m in inst.inbox if m.id > after_id] if inst else []
 
     # -- work distribution -------------------------------------------------------------
-    async def claim(self, worker_id: str, names: Sequence[str], *, limit: int = 100) -> list[Claim]:
+    async def claim(
+        self,
+        worker_id: str,
+        names: Sequence[str],
+        *,
+        limit: int = 100,
+        versions: Mapping[str, Sequence[int]] | None = None,
+    ) -> list[Claim]:
         """Claim runnable instances; report owned, due ones."""
-        wanted = set(names)
+        serves = _serves(names, versions)
         with self._lock:
             now = self._clock()
             expired = {
@@ -239,7 +246,7 @@ class MemoryStore:
                 (
                     i
                     for i in self._instances.values()
-                    if i.rec.status in ACTIVE_STATUSES and i.rec.name in wanted
+                    if i.rec.status in ACTIVE_STATUSES and serves(i.rec)
                 ),
                 key=lambda i: (i.rec.wake_at or 0.0, i.rec.id),
             )
@@ -258,15 +265,17 @@ class MemoryStore:
                     claims.append(Claim(rec.id, rec.run_id, rec.epoch + 1, True))
             return claims
 
-    async def next_wake(self, names: Sequence[str]) -> float | None:
+    async def next_wake(
+        self, names: Sequence[str], *, versions: Mapping[str, Sequence[int]] | None = None
+    ) -> float | None:
         """Earliest due time of an unowned active instance."""
-        wanted = set(names)
+        serves = _serves(names, versions)
         with self._lock:
             times = [
                 i.rec.wake_at
                 for i in self._instances.values()
                 if i.rec.status in ACTIVE_STATUSES
-                and i.rec.name in wanted
+                and serves(i.rec)
                 and i.rec.owner is None
                 and i.rec.wake_at is not None
             ]
@@ -310,6 +319,16 @@ class MemoryStore:
                 return False
             self._workers[worker_id] = dataclasses.replace(w, expires_at=now + ttl)
             return True
+
+
+def _serves(
+    names: Sequence[str], versions: Mapping[str, Sequence[int]] | None
+) -> Callable[[InstanceRecord], bool]:
+    wanted = set(names)
+    if versions is None:
+        return lambda rec: rec.name in wanted
+    keys = {(n, v) for n in wanted for v in versions.get(n, ())}
+    return lambda rec: (rec.name, rec.version) in keys
 
 
 class _MemoryHeartbeat:

@@ -13,10 +13,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -427,11 +428,18 @@ class SQLiteStore:
         return await self._in(self._reader, read)
 
     # -- work distribution -------------------------------------------------------------
-    async def claim(self, worker_id: str, names: Sequence[str], *, limit: int = 100) -> list[Claim]:
+    async def claim(
+        self,
+        worker_id: str,
+        names: Sequence[str],
+        *,
+        limit: int = 100,
+        versions: Mapping[str, Sequence[int]] | None = None,
+    ) -> list[Claim]:
         """Claim runnable instances; report owned, due ones."""
         if not names:
             return []
-        marks = ", ".join("?" * len(names))
+        served, names = _served(names, versions)
 
         def claim() -> list[Claim]:
             conn = self._w
@@ -442,7 +450,7 @@ class SQLiteStore:
                     Claim(i, r, e, False)
                     for i, r, e in conn.execute(
                         f"SELECT id, run_id, epoch FROM instances WHERE owner = ? "
-                        f"AND wake_at <= ? AND status IN {_ACTIVE} AND name IN ({marks}) "
+                        f"AND wake_at <= ? AND status IN {_ACTIVE} AND {served} "
                         f"LIMIT ?",
                         (worker_id, now, *names, limit),
                     )
@@ -450,13 +458,13 @@ class SQLiteStore:
                 for pick, pick_params in (
                     (
                         f"SELECT id FROM instances WHERE owner IS NULL AND status IN {_ACTIVE} "
-                        f"AND wake_at <= ? AND name IN ({marks}) ORDER BY wake_at LIMIT ?",
+                        f"AND wake_at <= ? AND {served} ORDER BY wake_at LIMIT ?",
                         (now,),
                     ),
                     (
                         f"SELECT id FROM instances WHERE owner IN "
                         f"(SELECT id FROM workers WHERE expires_at < ? AND id <> ?) "
-                        f"AND status IN {_ACTIVE} AND name IN ({marks}) LIMIT ?",
+                        f"AND status IN {_ACTIVE} AND {served} LIMIT ?",
                         (now, worker_id),
                     ),
                 ):
@@ -477,14 +485,16 @@ class SQLiteStore:
 
         return await self._in(self._writer, claim)
 
-    async def next_wake(self, names: Sequence[str]) -> float | None:
+    async def next_wake(
+        self, names: Sequence[str], *, versions: Mapping[str, Sequence[int]] | None = None
+    ) -> float | None:
         """Earliest due time of an unowned active instance."""
         if not names:
             return None
-        marks = ", ".join("?" * len(names))
+        served, names = _served(names, versions)
         sql = (
             f"SELECT MIN(wake_at) FROM instances WHERE owner IS NULL "
-            f"AND status IN {_ACTIVE} AND wake_at IS NOT NULL AND name IN ({marks})"
+            f"AND status IN {_ACTIVE} AND wake_at IS NOT NULL AND {served}"
         )
         row = await self._in(self._reader, lambda: self._r.execute(sql, tuple(names)).fetchone())
         return float(row[0]) if row and row[0] is not None else None
@@ -494,7 +504,9 @@ class SQLiteStore:
         await self._in(
             self._writer,
             lambda: self._w.execute(
-                "INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO workers "
+                "(id, name, host, pid, started_at, expires_at, serves) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     worker.id,
                     worker.name,
@@ -502,6 +514,7 @@ class SQLiteStore:
                     worker.pid,
                     worker.started_at,
                     worker.expires_at,
+                    json.dumps(list(worker.serves)),
                 ),
             ),
         )
@@ -529,9 +542,14 @@ class SQLiteStore:
     async def list_workers(self) -> list[WorkerRecord]:
         """Every registered worker."""
         rows = await self._in(
-            self._reader, lambda: self._r.execute("SELECT * FROM workers").fetchall()
+            self._reader,
+            lambda: self._r.execute(
+                "SELECT id, name, host, pid, started_at, expires_at, serves FROM workers"
+            ).fetchall(),
         )
-        return [WorkerRecord(*row) for row in rows]
+        return [
+            WorkerRecord(r[0], r[1], r[2], r[3], r[4], r[5], tuple(json.loads(r[6]))) for r in rows
+        ]
 
     async def expire_worker(self, worker_id: str) -> None:
         """Mark the worker's lease expired now."""
@@ -571,6 +589,18 @@ class SQLiteHeartbeat:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def _served(
+    names: Sequence[str], versions: Mapping[str, Sequence[int]] | None
+) -> tuple[str, list[str]]:
+    """The SQL condition selecting served workflows, and its parameters."""
+    if versions is None:
+        return f"name IN ({', '.join('?' * len(names))})", list(names)
+    keys = [f"{n}@{v}" for n in names for v in versions.get(n, ())]
+    if not keys:
+        return "0", []
+    return f"(name || '@' || version) IN ({', '.join('?' * len(keys))})", keys
 
 
 def _split_sql(script: str) -> list[str]:

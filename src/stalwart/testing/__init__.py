@@ -13,5 +13,6 @@ import pytest
 pytest.register_assert_rewrite("stalwart.testing.contract")
 
 from stalwart.testing.contract import FakeClock, PeerOpener, StoreContract  # noqa: E402
+from stalwart.testing.replayer import Replayer, ReplayResult  # noqa: E402
 
-__all__ = ["FakeClock", "PeerOpener", "StoreContract"]
+__all__ = ["FakeClock", "PeerOpener", "ReplayResult", "Replayer", "StoreContract"]
