@@ -34,6 +34,7 @@ class LiveInstance:
     activity_tasks: dict[int, asyncio.Task[None]] = field(default_factory=dict)
     retry_handles: dict[int, Cancellable] = field(default_factory=dict)
     wake_handle: Cancellable | None = None
+    acks: list[asyncio.Future[None]] = field(default_factory=list)
     closed: bool = False
 
     def next_wake(self) -> float | None:
@@ -81,6 +82,10 @@ class LiveInstance:
         if self.wake_handle is not None:
             self.wake_handle.cancel()
             self.wake_handle = None
+        for ack in self.acks:
+            if not ack.done():
+                ack.set_result(None)
+        self.acks.clear()
         self.run.close()
 
 

@@ -38,6 +38,8 @@ from stalwart.runtime.instance import LiveInstance, build_instance
 from stalwart.store.base import ACTIVE_STATUSES, AppendEvents, Claim, Store, Suspend, WorkerRecord
 
 logger = logging.getLogger("stalwart.runtime")
+FORGET_DEAD_WORKERS_AFTER = 3600.0
+"""Seconds after its lease expired that a dead worker's row is deleted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,11 @@ class WorkerOptions:
     """Instances being loaded (history read and replayed) at once."""
     shutdown_grace: float = 10.0
     """Seconds a graceful stop waits for running activities before handing them back."""
+    liveness_interval: float = 0.25
+    """How often to look for dead workers on this host (their work is taken over at once)."""
+    host_id: str | None = None
+    """Identifies this host for same-host liveness checks (default: hostname + pid
+    namespace). Workers with different host ids only detect each other's death by lease."""
 
 
 def host_identity() -> str:
@@ -76,13 +83,19 @@ def host_identity() -> str:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs (a zombie, killed but not reaped, is dead)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in (b"Z", b"X")
 
 
 class Worker:
@@ -108,6 +121,7 @@ class Worker:
         self._on_closed = on_closed
         self.name = options.name or f"{socket.gethostname()}:{os.getpid()}"
         self.id = f"{self.name}-{uuid.uuid4().hex[:12]}"
+        self.host = options.host_id or host_identity()
         self.names = registry.workflow_names()
         self.versions = registry.served()
         self.live: dict[str, LiveInstance] = {}
@@ -148,7 +162,7 @@ class Worker:
             WorkerRecord(
                 self.id,
                 self.name,
-                host_identity(),
+                self.host,
                 os.getpid(),
                 now,
                 now + self.options.lease_seconds,
@@ -240,7 +254,7 @@ class Worker:
             try:
                 if self.clock.now() >= next_liveness:
                     await self._expire_dead_local_workers()
-                    next_liveness = self.clock.now() + 1.0
+                    next_liveness = self.clock.now() + self.options.liveness_interval
                 claims = await self.store.claim(
                     self.id, self.names, limit=self.options.claim_batch, versions=self.versions
                 )
@@ -271,10 +285,13 @@ class Worker:
             self._store_failing = False
 
     async def _expire_dead_local_workers(self) -> None:
-        me = host_identity()
         now = self.store.now()
         for w in await self.store.list_workers():
-            if w.id != self.id and w.host == me and w.expires_at >= now and not _pid_alive(w.pid):
+            if w.id == self.id:
+                continue
+            if w.expires_at < now - FORGET_DEAD_WORKERS_AFTER:
+                await self.store.deregister_worker(w.id)  # long dead: forget its row
+            elif w.host == self.host and w.expires_at >= now and not _pid_alive(w.pid):
                 logger.info("worker %s (pid %d) is gone; taking over its work", w.id, w.pid)
                 await self.store.expire_worker(w.id)
 
@@ -396,11 +413,29 @@ class Worker:
         run = inst.run
         now = self.clock.now()
         incoming, inst.incoming = inst.incoming, []
+        acks, inst.acks = inst.acks, []
         incoming += inst.due_timer_events(now)
         timed_out = inst.deadline is not None and now >= inst.deadline and run.outcome is None
         new, inst.unsaved = inst.unsaved, []
         if not incoming and not new and not timed_out:
+            inst.acks[:0] = acks
             return False
+        try:
+            return await self._apply_and_commit(inst, incoming, new, now, timed_out)
+        finally:
+            for ack in acks:
+                if not ack.done():
+                    ack.set_result(None)
+
+    async def _apply_and_commit(
+        self,
+        inst: LiveInstance,
+        incoming: list[ev.Event],
+        new: list[ev.Event],
+        now: float,
+        timed_out: bool,
+    ) -> bool:
+        run = inst.run
         for event in incoming:
             if isinstance(
                 event, ev.ActivityCompleted | ev.ActivityFailed | ev.ActivityAttemptFailed
@@ -520,6 +555,8 @@ class Worker:
         act = inst.run.activities.get(cmd)
         if act is None:
             return
+        # The slot is held until the outcome is committed, so a crash loses at most
+        # ``max_concurrent_activities`` finished-but-unrecorded results.
         async with self._activity_slots:
             event = await execute_attempt(
                 self.registry.activity(act.name),
@@ -530,13 +567,18 @@ class Worker:
                 executor=self._executor,
                 now=self.clock.now,
             )
-        if not inst.closed:
+            if inst.closed:
+                return
             inst.incoming.append(event)
             if inst.driving is None:
                 # Drive the instance from this task rather than spawning another one: the
                 # result is applied and committed without an extra trip through the loop.
                 inst.driving = asyncio.current_task()
                 await self._drive(inst)
+            else:
+                ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                inst.acks.append(ack)
+                await ack
 
     def _drop(self, inst: LiveInstance) -> None:
         if self.live.get(inst.id) is inst:

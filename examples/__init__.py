@@ -1,0 +1,1 @@
+"""Runnable examples of Stalwart (``python -m examples.order_demo``)."""

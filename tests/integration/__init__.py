@@ -1,0 +1,1 @@
+"""Integration tests: real worker processes, real SQLite files, real SIGKILLs."""
