@@ -23,6 +23,7 @@ from stalwart.decorators import default_registry as default_registry
 from stalwart.decorators import workflow as workflow
 from stalwart.errors import ActivityError as ActivityError
 from stalwart.errors import Cancelled as Cancelled
+from stalwart.errors import ChildWorkflowError as ChildWorkflowError
 from stalwart.errors import ConfigurationError as ConfigurationError
 from stalwart.errors import EncodingError as EncodingError
 from stalwart.errors import LeaseLostError as LeaseLostError
@@ -46,6 +47,7 @@ __all__ = [
     "ActivityDefinition",
     "ActivityError",
     "Cancelled",
+    "ChildWorkflowError",
     "Codec",
     "ConfigurationError",
     "EncodingError",

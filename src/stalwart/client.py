@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import uuid
 import warnings
@@ -70,6 +71,8 @@ class WorkflowDescription:
     history_length: int
     wake_at: datetime | None
     parent_id: str | None = None
+    children: list[str] = dataclasses.field(default_factory=list)
+    """Ids of child workflows (the 100 newest), filled in by ``describe()``."""
     unserved: str | None = None
     """Set when the instance waits for a worker that does not exist: no live worker runs
     its workflow name and version (for example after a deploy removed that version)."""
@@ -117,6 +120,14 @@ class WorkflowList:
 
 def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=UTC)
+
+
+def _timestamp(value: datetime | None, what: str) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise ConfigurationError(f"{what} must be a timezone-aware datetime, got {value!r}")
+    return value.timestamp()
 
 
 def validate_instance_id(instance_id: str) -> str:
@@ -366,19 +377,30 @@ class Engine:
         *,
         name: str | None = None,
         status: str | None = None,
+        version: int | None = None,
+        parent: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
         limit: int = 100,
         cursor: str | None = None,
     ) -> WorkflowList:
-        """Instances, newest first, filtered by name and/or status, paged by cursor."""
+        """Instances, newest first, filtered by name, status, version, parent and creation
+        time (``created_after`` inclusive, ``created_before`` exclusive), paged by cursor."""
         if status is not None and status not in ALL_STATUSES:
             raise ConfigurationError(
                 f"unknown status {status!r}; expected one of {', '.join(ALL_STATUSES)}"
             )
         if not isinstance(limit, int) or limit < 1 or limit > 10_000:
             raise ConfigurationError(f"limit must be between 1 and 10000, got {limit!r}")
-        page = await self.store.list_instances(
-            ListFilter(name=name, status=status), limit=limit, cursor=cursor
+        flt = ListFilter(
+            name=name,
+            status=status,
+            version=version,
+            parent_id=parent,
+            created_after=_timestamp(created_after, "created_after"),
+            created_before=_timestamp(created_before, "created_before"),
         )
+        page = await self.store.list_instances(flt, limit=limit, cursor=cursor)
         workers = await self.live_workers()
         return WorkflowList(
             [WorkflowDescription.from_record(r, workers) for r in page.items], page.next_cursor
@@ -449,7 +471,9 @@ class WorkflowHandle(Generic[R]):
     async def describe(self) -> WorkflowDescription:
         """Name, version, status, timestamps, current step and error of the instance."""
         rec = await self._record()
-        return WorkflowDescription.from_record(rec, await self.engine.live_workers())
+        desc = WorkflowDescription.from_record(rec, await self.engine.live_workers())
+        children = await self.engine.store.list_instances(ListFilter(parent_id=rec.id), limit=100)
+        return dataclasses.replace(desc, children=[c.id for c in children.items])
 
     async def history(self) -> list[HistoryEvent]:
         """The current run's events, in order."""

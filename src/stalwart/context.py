@@ -13,17 +13,20 @@ import hashlib
 import logging
 import random as _random
 import uuid as _uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Generator
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
 
-from stalwart._engine.run import WorkflowRun
-from stalwart.codec import TypeConverter
-from stalwart.errors import ConfigurationError
+from stalwart._engine.run import ChildState, ContinueAsNew, WorkflowRun
+from stalwart.codec import Signature, TypeConverter
+from stalwart.errors import ChildWorkflowError, ConfigurationError
 from stalwart.retry import RetryPolicy, as_seconds
 
 if TYPE_CHECKING:
-    from stalwart.decorators import ActivityDefinition
+    from stalwart.decorators import ActivityDefinition, WorkflowDefinition
+
+PARENT_CLOSE_POLICIES = ("terminate", "cancel", "abandon")
+"""What happens to a still-running child when its parent ends."""
 
 T = TypeVar("T")
 
@@ -64,6 +67,7 @@ class WorkflowContext:
         run_id: str,
         workflow_name: str,
         converter: TypeConverter,
+        signature: Signature | None = None,
     ) -> None:
         self._run = run
         self.instance_id = instance_id
@@ -73,6 +77,7 @@ class WorkflowContext:
         self.workflow_name = workflow_name
         """The registered name of the running workflow."""
         self._converter = converter
+        self._signature = signature
         self._uuid_count = 0
         self._random: _random.Random | None = None
         self.log: logging.LoggerAdapter[logging.Logger] = _ReplaySafeLogger(
@@ -178,6 +183,49 @@ class WorkflowContext:
             return data
         return self._converter.from_data(data, type, path=f"signal {name!r}")
 
+    async def start_child(
+        self,
+        wf: WorkflowDefinition[Any, T],
+        *args: Any,
+        id: str | None = None,
+        parent_close: str = "terminate",
+        **kwargs: Any,
+    ) -> ChildHandle[T]:
+        """Start a child workflow and return a handle to await, signal or cancel it.
+
+        The child is created in the same write that records this call, so a crash cannot
+        lose or duplicate it. ``id`` defaults to ``"<parent id>/<command number>"``.
+        ``parent_close`` says what happens to the child if this workflow ends first:
+        ``"terminate"`` (default), ``"cancel"`` or ``"abandon"``.
+        """
+        from stalwart.decorators import WorkflowDefinition
+
+        if not isinstance(wf, WorkflowDefinition):
+            raise ConfigurationError(f"start_child() takes a @workflow function, got {wf!r}")
+        if parent_close not in PARENT_CLOSE_POLICIES:
+            raise ConfigurationError(
+                f"parent_close must be one of {', '.join(PARENT_CLOSE_POLICIES)}, "
+                f"got {parent_close!r}"
+            )
+        data = wf.signature.encode_args(self._converter, args, kwargs)
+        child_id = id if id is not None else f"{self.instance_id}/{self._run.next_cmd}"
+        if not child_id or not child_id.isprintable() or len(child_id) > 255:
+            raise ConfigurationError(f"invalid child workflow id {child_id!r}")
+        state = self._run.start_child(child_id, wf.name, wf.version, data, parent_close)
+        return ChildHandle(self, wf, state)
+
+    def continue_as_new(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """End this run and start a fresh one of the same workflow with new arguments.
+
+        The instance keeps its id; the new run starts with an empty history (bounding
+        replay cost for workflows that loop for months). Handles follow the chain to the
+        final result.
+        """
+        if self._signature is None:
+            raise ConfigurationError("continue_as_new() is not available in this context")
+        data = self._signature.encode_args(self._converter, args, kwargs)
+        raise ContinueAsNew(data)
+
     def activity(
         self,
         fn: ActivityDefinition[Any, T],
@@ -216,6 +264,42 @@ class WorkflowContext:
         result = await fut
         value: T = defn.signature.decode_result(self._converter, result)
         return value
+
+
+class ChildHandle(Generic[T]):
+    """A child workflow started by the current workflow."""
+
+    def __init__(
+        self, ctx: WorkflowContext, wf: WorkflowDefinition[Any, T], state: ChildState
+    ) -> None:
+        self._ctx = ctx
+        self._wf = wf
+        self._state = state
+        self.id = state.child_id
+        """The child's instance id."""
+
+    async def result(self) -> T:
+        """Wait for the child to end; its typed result, or :class:`ChildWorkflowError`."""
+        done = await asyncio.shield(self._state.future)
+        if done.status != "completed":
+            err = done.error or {}
+            raise ChildWorkflowError(
+                self.id, done.status, str(err.get("type", "")), str(err.get("message", ""))
+            )
+        value: T = self._wf.signature.decode_result(self._ctx._converter, done.result)
+        return value
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self.result().__await__()
+
+    async def signal(self, name: str, payload: Any = None) -> None:
+        """Send the child a signal (durably, with this workflow's next write)."""
+        data = self._ctx._converter.to_data(payload, Any, path=f"signal {name!r} payload")
+        self._ctx._run.signal_external(self.id, name, data)
+
+    async def cancel(self, reason: str = "") -> None:
+        """Ask the child to cancel (``Cancelled`` is raised at its current await)."""
+        self._ctx._run.cancel_external(self.id, reason)
 
 
 def _return_annotation(fn: Callable[..., Any]) -> Any:

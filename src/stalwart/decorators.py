@@ -244,13 +244,22 @@ class WorkflowDefinition(Generic[P, R]):
         self.__module__ = fn.__module__
         self.__wrapped__ = fn
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> WorkflowInvocation[R]:
-        """Outside a workflow: bind arguments for the typed ``engine.start(wf(...))`` form."""
-        if current_workflow_context() is not None:
-            raise ConfigurationError(
-                f"calling workflow {self.name!r} from inside a workflow is not supported: "
-                "child workflows are not available in this version"
-            )
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Inside a workflow: run it as a child workflow (``await child(x)``) and return its
+        result. Outside: bind arguments for the typed ``engine.start(wf(...))`` form."""
+        ctx = current_workflow_context()
+        if ctx is not None:
+            return self._run_as_child(ctx, args, kwargs)
+        return WorkflowInvocation(self, args, dict(kwargs))
+
+    async def _run_as_child(
+        self, ctx: WorkflowContext, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> R:
+        handle = await ctx.start_child(self, *args, **kwargs)
+        return await handle.result()
+
+    def invoke(self, *args: P.args, **kwargs: P.kwargs) -> WorkflowInvocation[R]:
+        """Bind arguments for ``engine.start(wf.invoke(...), id=...)`` (fully typed)."""
         return WorkflowInvocation(self, args, dict(kwargs))
 
     async def start(

@@ -12,6 +12,7 @@ Every error raised by Stalwart derives from :class:`StalwartError` and carries a
     ├── WorkflowClosedError         signal/cancel to an instance that already ended
     ├── WorkflowFailedError         ``handle.result()`` of a run that did not complete
     ├── ActivityError               an activity failed (seen inside the workflow)
+    ├── ChildWorkflowError          a child workflow did not complete (seen in the parent)
     ├── NonRetryableError           raise it from an activity to stop retries
     ├── NonDeterminismError         replay diverged from the recorded history
     ├── LeaseLostError              a worker's write was fenced off by a newer owner
@@ -146,6 +147,20 @@ class ActivityError(StalwartError):
         self.traceback = traceback
         self.attempts = attempts
         self.non_retryable = non_retryable
+
+
+class ChildWorkflowError(StalwartError):
+    """A child workflow failed, was cancelled, terminated or timed out."""
+
+    code = "child_failed"
+
+    def __init__(self, child_id: str, status: str, error_type: str = "", message: str = "") -> None:
+        detail = f": {error_type}: {message}" if error_type or message else ""
+        super().__init__(f"child workflow {child_id!r} ended {status}{detail}")
+        self.child_id = child_id
+        self.status = status
+        self.error_type = error_type
+        self.message = message
 
 
 class NonRetryableError(StalwartError):

@@ -12,6 +12,7 @@ EXPECTED = {
     "ActivityDefinition",
     "ActivityError",
     "Cancelled",
+    "ChildWorkflowError",
     "Codec",
     "ConfigurationError",
     "EncodingError",

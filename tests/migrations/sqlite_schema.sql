@@ -4,6 +4,7 @@
 --
 -- migration 1: 0001_initial.sql
 -- migration 2: 0002_worker_serves.sql
+-- migration 3: 0003_parent_index.sql
 
 -- index inbox_instance (on inbox)
 CREATE INDEX inbox_instance ON inbox (instance_id, id);
@@ -20,6 +21,9 @@ CREATE INDEX instances_name_status ON instances (name, status, created_at);
 
 -- index instances_owner (on instances)
 CREATE INDEX instances_owner ON instances (owner) WHERE owner IS NOT NULL;
+
+-- index instances_parent (on instances)
+CREATE INDEX instances_parent ON instances (parent_id, created_at) WHERE parent_id IS NOT NULL;
 
 -- index instances_status (on instances)
 CREATE INDEX instances_status ON instances (status, created_at);

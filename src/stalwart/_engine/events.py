@@ -157,6 +157,66 @@ class SideEffectRecorded(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class ChildWorkflowStarted(Event):
+    """The code started a child workflow (created in the same write as this event)."""
+
+    kind: ClassVar[str] = "ChildWorkflowStarted"
+    is_command: ClassVar[bool] = True
+    cmd: int
+    child_id: str
+    name: str
+    version: int
+    input: list[JSON]
+    parent_close: str
+
+    def describe(self) -> str:
+        return f"ChildWorkflowStarted(#{self.cmd} {self.name!r} id={self.child_id!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class ChildWorkflowCompleted(Event):
+    """A child workflow ended (``status`` is its terminal status)."""
+
+    kind: ClassVar[str] = "ChildWorkflowCompleted"
+    child_id: str
+    status: str
+    result: JSON = None
+    error: dict[str, JSON] | None = None
+
+    def describe(self) -> str:
+        return f"ChildWorkflowCompleted({self.child_id!r} {self.status})"
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalSignalSent(Event):
+    """The code signalled another instance (delivered in the same write)."""
+
+    kind: ClassVar[str] = "ExternalSignalSent"
+    is_command: ClassVar[bool] = True
+    cmd: int
+    target_id: str
+    name: str
+    payload: JSON = None
+
+    def describe(self) -> str:
+        return f"ExternalSignalSent(#{self.cmd} {self.name!r} to {self.target_id!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalCancelRequested(Event):
+    """The code asked another instance to cancel (delivered in the same write)."""
+
+    kind: ClassVar[str] = "ExternalCancelRequested"
+    is_command: ClassVar[bool] = True
+    cmd: int
+    target_id: str
+    reason: str = ""
+
+    def describe(self) -> str:
+        return f"ExternalCancelRequested(#{self.cmd} {self.target_id!r})"
+
+
+@dataclass(frozen=True, slots=True)
 class MarkerRecorded(Event):
     """A named marker, e.g. ``patch:<change id>`` from ``ctx.patched()``.
 
@@ -209,6 +269,16 @@ class WorkflowCancelled(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class WorkflowContinuedAsNew(Event):
+    """The run ended by continuing as a new run (same instance id, fresh history)."""
+
+    kind: ClassVar[str] = "WorkflowContinuedAsNew"
+    is_command: ClassVar[bool] = True
+    input: list[JSON]
+    new_run_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class WorkflowTerminated(Event):
     """An operator ended the run at once; no workflow code ran."""
 
@@ -236,11 +306,16 @@ EVENT_TYPES: dict[str, type[Event]] = {
         TimerFired,
         SignalReceived,
         SideEffectRecorded,
+        ChildWorkflowStarted,
+        ChildWorkflowCompleted,
+        ExternalSignalSent,
+        ExternalCancelRequested,
         MarkerRecorded,
         CancelRequested,
         WorkflowCompleted,
         WorkflowFailed,
         WorkflowCancelled,
+        WorkflowContinuedAsNew,
         WorkflowTerminated,
         WorkflowTimedOut,
     )

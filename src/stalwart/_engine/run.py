@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import hashlib
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,25 @@ JSON = Any
 
 class _Diverged(BaseException):
     """Unwinds workflow code once a divergence has been detected (never seen by users)."""
+
+
+class ContinueAsNew(BaseException):
+    """Raised by ``ctx.continue_as_new``: ends the run and starts a new one."""
+
+    def __init__(self, input: list[JSON]) -> None:
+        super().__init__("continue as new")
+        self.input = input
+
+
+@dataclass(slots=True)
+class ChildState:
+    """A child workflow started by this run."""
+
+    cmd: int
+    child_id: str
+    parent_close: str
+    future: asyncio.Future[ev.ChildWorkflowCompleted]
+    done: bool = False
 
 
 @dataclass(slots=True)
@@ -106,6 +126,7 @@ class WorkflowRun:
         self.activities: dict[int, PendingActivity] = {}
         self.timers: dict[int, PendingTimer] = {}
         self._signals: dict[str, _SignalChannel] = {}
+        self.children: dict[str, ChildState] = {}
         self._main: asyncio.Task[Any] | None = None
         self.outcome: RunOutcome | None = None
         self.cancel_requested: str | None = None
@@ -122,6 +143,11 @@ class WorkflowRun:
     def is_replaying(self) -> bool:
         """True while the code is re-running recorded history."""
         return self._closing or self._cursor < len(self._history)
+
+    @property
+    def next_cmd(self) -> int:
+        """The command number the next command will take."""
+        return self._next_cmd
 
     @property
     def next_seq(self) -> int:
@@ -243,6 +269,43 @@ class WorkflowRun:
                 self._cursor += 1
         self._patches[change_id] = True
 
+    def start_child(
+        self, child_id: str, name: str, version: int, input: list[JSON], parent_close: str
+    ) -> ChildState:
+        """Issue a ChildWorkflowStarted command; the state's future gets its completion."""
+        cmd = self._next_cmd
+        self._next_cmd += 1
+        self._emit(
+            ev.ChildWorkflowStarted(
+                cmd=cmd,
+                child_id=child_id,
+                name=name,
+                version=version,
+                input=input,
+                parent_close=parent_close,
+            )
+        )
+        fut: asyncio.Future[ev.ChildWorkflowCompleted] = self.loop.create_future()
+        state = ChildState(cmd, child_id, parent_close, fut)
+        self.children[child_id] = state
+        return state
+
+    def signal_external(self, target_id: str, name: str, payload: JSON) -> None:
+        """Issue an ExternalSignalSent command (the signal is sent with the next write)."""
+        cmd = self._next_cmd
+        self._next_cmd += 1
+        self._emit(ev.ExternalSignalSent(cmd=cmd, target_id=target_id, name=name, payload=payload))
+
+    def cancel_external(self, target_id: str, reason: str) -> None:
+        """Issue an ExternalCancelRequested command."""
+        cmd = self._next_cmd
+        self._next_cmd += 1
+        self._emit(ev.ExternalCancelRequested(cmd=cmd, target_id=target_id, reason=reason))
+
+    def open_children(self) -> list[ChildState]:
+        """Children that have not ended (subject to the parent-close policy)."""
+        return [c for c in self.children.values() if not c.done]
+
     def wait_signal(self, name: str) -> asyncio.Future[JSON]:
         """A future for the next signal called ``name`` (buffered ones are taken first)."""
         channel = self._signals.setdefault(name, _SignalChannel())
@@ -292,6 +355,13 @@ class WorkflowRun:
             return
         exc = task.exception()
         if isinstance(exc, _Diverged):
+            return
+        if isinstance(exc, ContinueAsNew):
+            digest = hashlib.sha256(f"{self.started.run_id}:next".encode()).hexdigest()
+            new_run_id = digest[:32]
+            self._finish(
+                "continued", ev.WorkflowContinuedAsNew(input=exc.input, new_run_id=new_run_id)
+            )
             return
         if isinstance(exc, asyncio.CancelledError):
             self._finish("cancelled", ev.WorkflowCancelled(reason=self.cancel_requested or ""))
@@ -352,6 +422,12 @@ class WorkflowRun:
             timer = self.timers.pop(event.cmd, None)
             if timer is not None:
                 timer.on_fire()
+        elif isinstance(event, ev.ChildWorkflowCompleted):
+            child = self.children.get(event.child_id)
+            if child is not None and not child.done:
+                child.done = True
+                if not child.future.done():
+                    child.future.set_result(event)
         elif isinstance(event, ev.SignalReceived):
             channel = self._signals.setdefault(event.name, _SignalChannel())
             while channel.waiters:
@@ -420,6 +496,17 @@ def _same_command(recorded: ev.Event, issued: ev.Event) -> bool:
     if isinstance(recorded, ev.ActivityScheduled):
         assert isinstance(issued, ev.ActivityScheduled)
         return recorded.cmd == issued.cmd and recorded.name == issued.name
+    if isinstance(recorded, ev.ChildWorkflowStarted):
+        assert isinstance(issued, ev.ChildWorkflowStarted)
+        return (recorded.cmd, recorded.name, recorded.child_id) == (
+            issued.cmd,
+            issued.name,
+            issued.child_id,
+        )
+    if isinstance(recorded, ev.ExternalSignalSent | ev.ExternalCancelRequested):
+        return recorded.cmd == getattr(issued, "cmd", None) and recorded.target_id == getattr(
+            issued, "target_id", None
+        )
     if isinstance(recorded, ev.MarkerRecorded):
         assert isinstance(issued, ev.MarkerRecorded)
         return recorded.name == issued.name

@@ -35,6 +35,7 @@ class LiveInstance:
     retry_handles: dict[int, Cancellable] = field(default_factory=dict)
     wake_handle: Cancellable | None = None
     acks: list[asyncio.Future[None]] = field(default_factory=list)
+    warned_long_history: bool = False
     closed: bool = False
 
     def next_wake(self) -> float | None:
@@ -113,6 +114,7 @@ def build_instance(
             run_id=run_id,
             workflow_name=defn.name,
             converter=converter,
+            signature=defn.signature,
         )
 
     def encode_result(value: Any) -> Any:

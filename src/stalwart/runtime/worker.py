@@ -35,7 +35,20 @@ from stalwart.runtime.clock import Clock
 from stalwart.runtime.committer import GroupCommitter
 from stalwart.runtime.heartbeat import HeartbeatThread
 from stalwart.runtime.instance import LiveInstance, build_instance
-from stalwart.store.base import ACTIVE_STATUSES, AppendEvents, Claim, Store, Suspend, WorkerRecord
+from stalwart.store.base import (
+    ACTIVE_STATUSES,
+    CHILD_MESSAGE,
+    AppendEvents,
+    Claim,
+    CreateInstance,
+    InboxMessage,
+    SendMessage,
+    Store,
+    Suspend,
+    Terminate,
+    WorkerRecord,
+    WriteOp,
+)
 
 logger = logging.getLogger("stalwart.runtime")
 FORGET_DEAD_WORKERS_AFTER = 3600.0
@@ -66,6 +79,8 @@ class WorkerOptions:
     """Instances being loaded (history read and replayed) at once."""
     shutdown_grace: float = 10.0
     """Seconds a graceful stop waits for running activities before handing them back."""
+    history_warning: int = 10_000
+    """Warn (once per run) when a run's history reaches this many events."""
     liveness_interval: float = 0.25
     """How often to look for dead workers on this host (their work is taken over at once)."""
     host_id: str | None = None
@@ -230,6 +245,8 @@ class Worker:
         defn: WorkflowDefinition[Any, Any],
         started: ev.WorkflowStarted,
         start_time: float,
+        *,
+        inbox_cursor: int = 0,
     ) -> None:
         """Run an instance this process just created and owns (no store read needed)."""
         inst = build_instance(
@@ -241,7 +258,8 @@ class Worker:
             start_time=start_time,
             converter=self.converter,
         )
-        inst.inbox_dirty = False
+        inst.inbox_dirty = inbox_cursor > 0
+        inst.inbox_cursor = inbox_cursor
         self.live[instance_id] = inst
         inst.unsaved = inst.run.start_fresh()
         self._kick(inst)
@@ -387,11 +405,7 @@ class Worker:
                     inst.inbox_dirty = False
                     for msg in await self.store.fetch_inbox(inst.id, inst.inbox_cursor):
                         inst.inbox_cursor = msg.id
-                        inst.incoming.append(
-                            ev.SignalReceived(name=msg.name, payload=msg.payload)
-                            if msg.kind == "signal"
-                            else ev.CancelRequested(reason=str(msg.payload or ""))
-                        )
+                        inst.incoming.append(inbox_event(msg))
                 if not await self._step(inst):
                     break
         except StoreError as exc:
@@ -448,52 +462,32 @@ class Worker:
         return await self._commit(inst, new, now)
 
     async def _commit(self, inst: LiveInstance, new: list[ev.Event], now: float) -> bool:
-        run = inst.run
-        outcome = run.outcome
-        op: AppendEvents
-        if outcome is not None:
-            error = None
-            output = None
-            if isinstance(outcome.event, ev.WorkflowCompleted):
-                output = outcome.event.result
-            elif isinstance(outcome.event, ev.WorkflowFailed):
-                error = outcome.event.error
-            else:
-                error = {
-                    "type": outcome.event.kind,
-                    "message": str(getattr(outcome.event, "reason", "")) or outcome.status,
-                }
-            op = AppendEvents(
-                inst.id,
-                self.id,
-                inst.epoch,
-                inst.seq,
-                [(now, e) for e in new],
-                status=outcome.status,
-                output=output,
-                error=error,
-                inbox_upto=inst.inbox_cursor,
-            )
-        else:
-            wake = inst.next_wake()
-            op = AppendEvents(
-                inst.id,
-                self.id,
-                inst.epoch,
-                inst.seq,
-                [(now, e) for e in new],
-                wake_at=wake,
-                release=self._should_release(inst, wake, now),
-                inbox_upto=inst.inbox_cursor,
-                current_step=inst.current_step(),
-            )
+        op = self._build_commit(inst, new, now)
         result = await self.committer.submit(op)
         if not result.ok:
             logger.info("workflow %s was taken over or ended elsewhere; dropping it", inst.id)
             self._drop(inst)
             return False
         inst.seq += len(new)
-        run.mark_committed(len(new))
+        inst.run.mark_committed(len(new))
+        self._warn_long_history(inst)
+        if any(isinstance(e, ev.ChildWorkflowStarted) for e in new):
+            self.kick()  # the children are unowned and due now: claim them here
+        outcome = inst.run.outcome
+        if outcome is not None and op.new_run is not None:
+            self._drop(inst)
+            started = op.new_run
+            assert isinstance(started, ev.WorkflowStarted)
+            self.adopt_new(
+                inst.id,
+                started.run_id,
+                inst.epoch,
+                inst.defn,
+                started,
+                now,
+                inbox_cursor=inst.inbox_cursor,
+            )
+            return False
         if outcome is not None:
             self._drop(inst)
             self._on_closed(inst.id)
@@ -506,6 +500,118 @@ class Worker:
             return False
         self._dispatch(inst)
         return True
+
+    def _build_commit(self, inst: LiveInstance, new: list[ev.Event], now: float) -> AppendEvents:
+        """The one compare-and-set write recording a step, with its effects on others."""
+        run = inst.run
+        events = [(now, e) for e in new]
+        effects = self._effects(inst, new)
+        outcome = run.outcome
+        if outcome is None:
+            wake = inst.next_wake()
+            return AppendEvents(
+                inst.id,
+                self.id,
+                inst.epoch,
+                inst.seq,
+                events,
+                wake_at=wake,
+                release=self._should_release(inst, wake, now),
+                inbox_upto=inst.inbox_cursor,
+                current_step=inst.current_step(),
+                effects=effects,
+            )
+        effects += self._parent_close_effects(inst)
+        if isinstance(outcome.event, ev.WorkflowContinuedAsNew):
+            started = ev.WorkflowStarted(
+                name=inst.defn.name,
+                version=inst.defn.version,
+                input=outcome.event.input,
+                run_id=outcome.event.new_run_id,
+                timeout=run.started.timeout,
+            )
+            return AppendEvents(
+                inst.id,
+                self.id,
+                inst.epoch,
+                inst.seq,
+                events,
+                inbox_upto=inst.inbox_cursor,
+                effects=effects,
+                new_run=started,
+            )
+        output = outcome.event.result if isinstance(outcome.event, ev.WorkflowCompleted) else None
+        if isinstance(outcome.event, ev.WorkflowFailed):
+            error: dict[str, Any] | None = outcome.event.error
+        elif isinstance(outcome.event, ev.WorkflowCompleted):
+            error = None
+        else:
+            reason = str(getattr(outcome.event, "reason", "")) or outcome.status
+            error = {"type": outcome.event.kind, "message": reason}
+        return AppendEvents(
+            inst.id,
+            self.id,
+            inst.epoch,
+            inst.seq,
+            events,
+            status=outcome.status,
+            output=output,
+            error=error,
+            inbox_upto=inst.inbox_cursor,
+            effects=effects,
+        )
+
+    def _effects(self, inst: LiveInstance, new: list[ev.Event]) -> list[WriteOp]:
+        """Writes to other instances that the new commands ask for."""
+        effects: list[WriteOp] = []
+        for event in new:
+            if isinstance(event, ev.ChildWorkflowStarted):
+                child = self.registry.workflow(event.name, event.version)
+                started = ev.WorkflowStarted(
+                    name=event.name,
+                    version=event.version,
+                    input=event.input,
+                    run_id=uuid.uuid4().hex,
+                    timeout=child.timeout if child else None,
+                )
+                effects.append(
+                    CreateInstance(
+                        event.child_id,
+                        event.name,
+                        event.version,
+                        started.run_id,
+                        event.input,
+                        started,
+                        parent_id=inst.id,
+                    )
+                )
+            elif isinstance(event, ev.ExternalSignalSent):
+                effects.append(SendMessage(event.target_id, "signal", event.name, event.payload))
+            elif isinstance(event, ev.ExternalCancelRequested):
+                effects.append(SendMessage(event.target_id, "cancel", "", event.reason))
+        return effects
+
+    def _parent_close_effects(self, inst: LiveInstance) -> list[WriteOp]:
+        """What the parent-close policy does to children still running."""
+        effects: list[WriteOp] = []
+        reason = f"parent workflow {inst.id!r} ended"
+        for child in inst.run.open_children():
+            if child.parent_close == "terminate":
+                effects.append(Terminate(child.child_id, ev.WorkflowTerminated(reason=reason)))
+            elif child.parent_close == "cancel":
+                effects.append(SendMessage(child.child_id, "cancel", "", reason))
+        return effects
+
+    def _warn_long_history(self, inst: LiveInstance) -> None:
+        limit = self.options.history_warning
+        if inst.seq >= limit and not inst.warned_long_history:
+            inst.warned_long_history = True
+            logger.warning(
+                "workflow %s has %d events in its current run; consider ctx.continue_as_new() "
+                "to bound replay time and memory",
+                inst.id,
+                inst.seq,
+            )
 
     def _should_release(self, inst: LiveInstance, wake: float | None, now: float) -> bool:
         if inst.activity_tasks or inst.incoming or inst.inbox_dirty:
@@ -585,6 +691,21 @@ class Worker:
             del self.live[inst.id]
         if not inst.closed:
             inst.cancel_everything()
+
+
+def inbox_event(msg: InboxMessage) -> ev.Event:
+    """The history event that records an inbox message's delivery."""
+    if msg.kind == "signal":
+        return ev.SignalReceived(name=msg.name, payload=msg.payload)
+    if msg.kind == CHILD_MESSAGE:
+        payload = msg.payload or {}
+        return ev.ChildWorkflowCompleted(
+            child_id=msg.name,
+            status=str(payload.get("status", "failed")),
+            result=payload.get("output"),
+            error=payload.get("error"),
+        )
+    return ev.CancelRequested(reason=str(msg.payload or ""))
 
 
 def served_names(defs: Sequence[WorkflowDefinition[Any, Any]]) -> list[str]:

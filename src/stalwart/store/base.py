@@ -91,6 +91,23 @@ class ListFilter:
 
     name: str | None = None
     status: str | None = None
+    version: int | None = None
+    parent_id: str | None = None
+    created_after: float | None = None
+    """Inclusive lower bound on ``created_at`` (epoch seconds)."""
+    created_before: float | None = None
+    """Exclusive upper bound on ``created_at`` (epoch seconds)."""
+
+    def matches(self, rec: InstanceRecord) -> bool:
+        """Whether ``rec`` passes the filter (the reference semantics for adapters)."""
+        return (
+            (self.name is None or rec.name == self.name)
+            and (self.status is None or rec.status == self.status)
+            and (self.version is None or rec.version == self.version)
+            and (self.parent_id is None or rec.parent_id == self.parent_id)
+            and (self.created_after is None or rec.created_at >= self.created_after)
+            and (self.created_before is None or rec.created_at < self.created_before)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +154,12 @@ class AppendEvents:
     release: bool = False
     inbox_upto: int = 0
     current_step: str | None = None
+    effects: Sequence[WriteOp] = ()
+    """Operations on *other* instances (start children, signal or cancel them) applied in
+    the same transaction, only if this compare-and-set succeeds."""
+    new_run: Event | None = None
+    """A ``WorkflowStarted`` event: continue-as-new. The instance keeps its id, owner and
+    ``running`` status; its current run becomes this one, with a fresh history."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +198,33 @@ class Resume:
 
 
 WriteOp = CreateInstance | AppendEvents | SendMessage | Terminate | Suspend | Resume
+"""Any operation of a write batch."""
+
+CHILD_MESSAGE = "child"
+"""Inbox kind of the message a child's terminal transition leaves for its parent.
+
+Its ``name`` is the child's id and its payload ``{"status", "output", "error"}``. A
+terminal ``AppendEvents`` or ``Terminate`` of an instance with a ``parent_id`` inserts it
+in the same transaction (when the parent is still active). Creating a child whose id is
+taken by an instance of another parent (or other input) inserts one at once with status
+``failed``."""
+
+
+def child_outcome(rec: InstanceRecord) -> dict[str, JSON]:
+    """The payload of the message a child's terminal transition leaves for its parent."""
+    return {"status": rec.status, "output": rec.output, "error": rec.error}
+
+
+def child_id_taken(child_id: str) -> dict[str, JSON]:
+    """The payload telling a parent that its child's id belongs to another instance."""
+    return {
+        "status": "failed",
+        "output": None,
+        "error": {
+            "type": "WorkflowAlreadyStartedError",
+            "message": f"workflow id {child_id!r} is already used by another instance",
+        },
+    }
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,10 +11,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from stalwart._engine.events import TERMINAL_EVENTS, HistoryEvent
+from stalwart._engine.events import TERMINAL_EVENTS, HistoryEvent, WorkflowStarted
 from stalwart.store.base import (
     ACTIVE_STATUSES,
+    CHILD_MESSAGE,
     TERMINAL_STATUSES,
     AppendEvents,
     Claim,
@@ -31,6 +33,8 @@ from stalwart.store.base import (
     WorkerRecord,
     WriteOp,
     WriteOutcome,
+    child_id_taken,
+    child_outcome,
 )
 from stalwart.store.cursor import decode_cursor, encode_cursor
 
@@ -38,8 +42,12 @@ from stalwart.store.cursor import decode_cursor, encode_cursor
 @dataclass(slots=True)
 class _Instance:
     rec: InstanceRecord
-    history: list[HistoryEvent] = field(default_factory=list)
+    runs: dict[str, list[HistoryEvent]] = field(default_factory=dict)
     inbox: list[InboxMessage] = field(default_factory=list)
+
+    @property
+    def history(self) -> list[HistoryEvent]:
+        return self.runs.setdefault(self.rec.run_id, [])
 
 
 class MemoryStore:
@@ -90,6 +98,10 @@ class MemoryStore:
     def _create(self, op: CreateInstance, now: float) -> WriteOutcome:
         existing = self._instances.get(op.id)
         if existing is not None:
+            if op.parent_id is not None and (
+                existing.rec.parent_id != op.parent_id or existing.rec.input != op.input
+            ):
+                self._notify_parent(op.parent_id, op.id, now, child_id_taken(op.id))
             return WriteOutcome(True, record=existing.rec, created=False)
         rec = InstanceRecord(
             id=op.id,
@@ -108,7 +120,7 @@ class MemoryStore:
             history_len=1,
             parent_id=op.parent_id,
         )
-        self._instances[op.id] = _Instance(rec, [HistoryEvent(0, now, op.started)])
+        self._instances[op.id] = _Instance(rec, {op.run_id: [HistoryEvent(0, now, op.started)]})
         return WriteOutcome(True, record=rec, created=True)
 
     def _append(self, inst: _Instance, op: AppendEvents, now: float) -> WriteOutcome:
@@ -126,6 +138,22 @@ class MemoryStore:
             seq += 1
         inst.inbox = [m for m in inst.inbox if m.id > op.inbox_upto]
         wake_at = now if inst.inbox and op.status is None else op.wake_at
+        if op.new_run is not None:
+            started = op.new_run
+            assert isinstance(started, WorkflowStarted)
+            inst.runs[started.run_id] = [HistoryEvent(0, now, started)]
+            inst.rec = dataclasses.replace(
+                rec,
+                run_id=started.run_id,
+                input=started.input,
+                history_len=1,
+                updated_at=now,
+                wake_at=now if inst.inbox else None,
+                current_step=None,
+                status="running",
+            )
+            self._apply_effects(op, now)
+            return WriteOutcome(True, record=inst.rec)
         status = op.status or ("running" if rec.status == "pending" else rec.status)
         inst.rec = dataclasses.replace(
             rec,
@@ -138,7 +166,24 @@ class MemoryStore:
             history_len=seq,
             current_step=op.current_step,
         )
+        self._apply_effects(op, now)
+        if status in TERMINAL_STATUSES and rec.parent_id is not None:
+            self._notify_parent(rec.parent_id, rec.id, now, child_outcome(inst.rec))
         return WriteOutcome(True, record=inst.rec)
+
+    def _apply_effects(self, op: AppendEvents, now: float) -> None:
+        for effect in op.effects:
+            self._apply(effect)
+
+    def _notify_parent(
+        self, parent_id: str, child_id: str, now: float, payload: dict[str, Any]
+    ) -> None:
+        parent = self._instances.get(parent_id)
+        if parent is None or parent.rec.status in TERMINAL_STATUSES:
+            return
+        self._next_message += 1
+        parent.inbox.append(InboxMessage(self._next_message, CHILD_MESSAGE, child_id, payload, now))
+        parent.rec = dataclasses.replace(parent.rec, wake_at=now, updated_at=now)
 
     def _send(self, inst: _Instance, op: SendMessage, now: float) -> WriteOutcome:
         rec = inst.rec
@@ -165,6 +210,8 @@ class MemoryStore:
             updated_at=now,
             error={"type": op.event.kind, "message": getattr(op.event, "reason", "")},
         )
+        if rec.parent_id is not None:
+            self._notify_parent(rec.parent_id, rec.id, now, child_outcome(inst.rec))
         return WriteOutcome(True, record=inst.rec)
 
     def _suspend(self, inst: _Instance, op: Suspend, now: float) -> WriteOutcome:
@@ -196,9 +243,9 @@ class MemoryStore:
         """Every event of the run, in order."""
         with self._lock:
             inst = self._instances.get(instance_id)
-            if inst is None or inst.rec.run_id != run_id:
+            if inst is None:
                 return []
-            return list(inst.history)
+            return list(inst.runs.get(run_id, ()))
 
     async def list_instances(
         self, flt: ListFilter, *, limit: int = 100, cursor: str | None = None
@@ -206,12 +253,7 @@ class MemoryStore:
         """Instances matching ``flt``, newest first."""
         after = decode_cursor(cursor)
         with self._lock:
-            recs = [
-                i.rec
-                for i in self._instances.values()
-                if (flt.name is None or i.rec.name == flt.name)
-                and (flt.status is None or i.rec.status == flt.status)
-            ]
+            recs = [i.rec for i in self._instances.values() if flt.matches(i.rec)]
         recs.sort(key=lambda r: (r.created_at, r.id), reverse=True)
         if after is not None:
             recs = [r for r in recs if (r.created_at, r.id) < after]

@@ -21,10 +21,17 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from stalwart._engine.events import TERMINAL_EVENTS, HistoryEvent, event_from_data
+from stalwart._engine.events import (
+    TERMINAL_EVENTS,
+    Event,
+    HistoryEvent,
+    WorkflowStarted,
+    event_from_data,
+)
 from stalwart.codec import Codec, JsonCodec
 from stalwart.errors import ConfigurationError, StoreError
 from stalwart.store.base import (
+    CHILD_MESSAGE,
     AppendEvents,
     Claim,
     CreateInstance,
@@ -40,6 +47,8 @@ from stalwart.store.base import (
     WorkerRecord,
     WriteOp,
     WriteOutcome,
+    child_id_taken,
+    child_outcome,
 )
 from stalwart.store.cursor import decode_cursor, encode_cursor
 from stalwart.store.migrations import load_migrations
@@ -213,7 +222,13 @@ class SQLiteStore:
             ),
         )
         if cur.rowcount == 0:
-            return WriteOutcome(True, record=self._get(conn, op.id), created=False)
+            existing = self._get(conn, op.id)
+            assert existing is not None
+            if op.parent_id is not None and (
+                existing.parent_id != op.parent_id or existing.input != op.input
+            ):
+                self._notify_parent(conn, op.parent_id, op.id, now, child_id_taken(op.id))
+            return WriteOutcome(True, record=existing, created=False)
         self._insert_events(conn, op.id, op.run_id, 0, [(now, op.started)])
         return WriteOutcome(True, record=self._get(conn, op.id), created=True)
 
@@ -251,7 +266,7 @@ class SQLiteStore:
             "   ELSE ?8 END,"
             " history_len = ?9, current_step = ?10 "
             f"WHERE id = ?6 AND owner = ?11 AND epoch = ?12 AND history_len = ?13 "
-            f"AND status IN {_ACTIVE} RETURNING run_id",
+            f"AND status IN {_ACTIVE} RETURNING run_id, parent_id",
             (
                 op.status if terminal else None,
                 self._codec.dumps(op.output) if terminal else None,
@@ -270,14 +285,55 @@ class SQLiteStore:
         ).fetchone()
         if row is None:
             return WriteOutcome(False, self._refusal(conn, op.instance_id))
+        run_id, parent_id = row
         if op.events:
-            self._insert_events(conn, op.instance_id, row[0], op.expected_seq, op.events)
+            self._insert_events(conn, op.instance_id, run_id, op.expected_seq, op.events)
         if op.inbox_upto:
             conn.execute(
                 "DELETE FROM inbox WHERE instance_id = ? AND id <= ?",
                 (op.instance_id, op.inbox_upto),
             )
+        if op.new_run is not None:
+            self._continue_as_new(conn, op.instance_id, op.new_run, now)
+        for effect in op.effects:
+            self._apply(conn, effect, now)
+        if terminal and parent_id is not None:
+            rec = self._get(conn, op.instance_id)
+            assert rec is not None
+            self._notify_parent(conn, parent_id, op.instance_id, now, child_outcome(rec))
         return WriteOutcome(True)
+
+    def _continue_as_new(
+        self, conn: sqlite3.Connection, instance_id: str, started: Event, now: float
+    ) -> None:
+        assert isinstance(started, WorkflowStarted)
+        conn.execute(
+            "UPDATE instances SET run_id = ?1, input = ?2, history_len = 1, current_step = NULL, "
+            "status = 'running', wake_at = CASE WHEN EXISTS "
+            "(SELECT 1 FROM inbox WHERE instance_id = ?3) THEN ?4 ELSE NULL END "
+            "WHERE id = ?3",
+            (started.run_id, self._codec.dumps(started.input), instance_id, now),
+        )
+        self._insert_events(conn, instance_id, started.run_id, 0, [(now, started)])
+
+    def _notify_parent(
+        self,
+        conn: sqlite3.Connection,
+        parent_id: str,
+        child_id: str,
+        now: float,
+        payload: dict[str, Any],
+    ) -> None:
+        cur = conn.execute(
+            f"UPDATE instances SET wake_at = ?, updated_at = ? WHERE id = ? "
+            f"AND status NOT IN {_TERMINAL}",
+            (now, now, parent_id),
+        )
+        if cur.rowcount:
+            conn.execute(
+                "INSERT INTO inbox (instance_id, kind, name, payload, time) VALUES (?, ?, ?, ?, ?)",
+                (parent_id, CHILD_MESSAGE, child_id, self._codec.dumps(payload), now),
+            )
 
     def _send(self, conn: sqlite3.Connection, op: SendMessage, now: float) -> WriteOutcome:
         rec = self._get(conn, op.instance_id)
@@ -310,7 +366,11 @@ class SQLiteStore:
         )
         self._insert_events(conn, rec.id, rec.run_id, rec.history_len, [(now, op.event)])
         conn.execute("DELETE FROM inbox WHERE instance_id = ?", (op.instance_id,))
-        return WriteOutcome(True, record=self._get(conn, op.instance_id))
+        after = self._get(conn, op.instance_id)
+        assert after is not None
+        if rec.parent_id is not None:
+            self._notify_parent(conn, rec.parent_id, rec.id, now, child_outcome(after))
+        return WriteOutcome(True, record=after)
 
     def _suspend(self, conn: sqlite3.Connection, op: Suspend, now: float) -> WriteOutcome:
         cur = conn.execute(
@@ -397,6 +457,18 @@ class SQLiteStore:
         if flt.status is not None:
             where.append("status = ?")
             params.append(flt.status)
+        if flt.version is not None:
+            where.append("version = ?")
+            params.append(flt.version)
+        if flt.parent_id is not None:
+            where.append("parent_id = ?")
+            params.append(flt.parent_id)
+        if flt.created_after is not None:
+            where.append("created_at >= ?")
+            params.append(flt.created_after)
+        if flt.created_before is not None:
+            where.append("created_at < ?")
+            params.append(flt.created_before)
         if after is not None:
             where.append("(created_at < ? OR (created_at = ? AND id < ?))")
             params += [after[0], after[0], after[1]]
