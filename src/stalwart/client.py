@@ -504,15 +504,20 @@ class WorkflowHandle(Generic[R]):
         )
 
     async def _wait_closed(self) -> InstanceRecord:
+        # Instances run by this process announce their end in-process; the store is read
+        # again only as a slow fallback. Others are polled with a backoff.
         event = self.engine._closed_event(self.id)
+        worker = self.engine.worker
+        fallback = self.engine.options.poll_interval
         delay = 0.005
         try:
             while True:
                 rec = await self._record()
                 if rec.status in TERMINAL_STATUSES:
                     return rec
+                local = worker is not None and rec.owner == worker.id
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), delay)
+                    await asyncio.wait_for(event.wait(), fallback if local else delay)
                 delay = min(delay * 2, 0.5)
         finally:
             self.engine._closed_events.pop(self.id, None)

@@ -64,6 +64,10 @@ def _adapter(tp: Any) -> pydantic.TypeAdapter[Any]:
     return pydantic.TypeAdapter(tp)
 
 
+_PLAIN = (int, str, float, bool)
+"""Types whose exact instances are their own JSON form."""
+
+
 def _type_name(tp: Any) -> str:
     if tp is inspect.Parameter.empty or tp is Any:
         return "Any"
@@ -101,6 +105,8 @@ class TypeConverter:
 
     def to_data(self, value: Any, tp: Any, *, path: str = "value") -> JSONValue:
         """Encode ``value`` as JSON-able data, validating it against ``tp`` first."""
+        if tp in _PLAIN and type(value) is tp and (tp is not float or math.isfinite(value)):
+            return value  # the common case, without a trip through pydantic
         if tp is inspect.Parameter.empty or tp is None or tp is type(None):
             tp = Any if tp is inspect.Parameter.empty else type(None)
         adapter = _adapter(tp)
@@ -119,6 +125,8 @@ class TypeConverter:
     def from_data(self, data: JSONValue, tp: Any, *, path: str = "value") -> Any:
         """Decode JSON-able data into an instance of ``tp``."""
         if tp is inspect.Parameter.empty or tp is Any:
+            return data
+        if tp in _PLAIN and type(data) is tp:
             return data
         try:
             return _adapter(tp).validate_python(data)
@@ -198,14 +206,16 @@ class Signature:
         self, converter: TypeConverter, args: Sequence[Any], kwargs: dict[str, Any]
     ) -> list[JSONValue]:
         """Bind and encode call arguments; the error names the offending parameter."""
-        try:
-            bound = self._sig.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise EncodingError(f"bad arguments: {exc}", path=self.label) from exc
-        bound.apply_defaults()
+        if kwargs or len(args) != len(self.params):
+            try:
+                bound = self._sig.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise EncodingError(f"bad arguments: {exc}", path=self.label) from exc
+            bound.apply_defaults()
+            args = [bound.arguments[p.name] for p in self.params]
         return [
-            converter.to_data(bound.arguments[p.name], p.annotation, path=f"{self.label}({p.name})")
-            for p in self.params
+            converter.to_data(value, p.annotation, path=f"{self.label}({p.name})")
+            for value, p in zip(args, self.params, strict=True)
         ]
 
     def decode_args(self, converter: TypeConverter, data: Sequence[JSONValue]) -> list[Any]:

@@ -78,13 +78,19 @@ async def _invoke(
     # set here is visible to the activity body only.
     token = ACTIVITY_CONTEXT_VAR.set(info)
     try:
+        if timeout is None:
+            return await _call(defn, args, executor)
         async with asyncio.timeout(timeout):
-            if defn.is_async:
-                return await defn.fn(*args)
-            call = functools.partial(contextvars.copy_context().run, defn.fn, *args)
-            return await asyncio.get_running_loop().run_in_executor(executor, call)
+            return await _call(defn, args, executor)
     finally:
         ACTIVITY_CONTEXT_VAR.reset(token)
+
+
+async def _call(defn: ActivityDefinition[Any, Any], args: list[Any], executor: Executor) -> Any:
+    if defn.is_async:
+        return await defn.fn(*args)
+    call = functools.partial(contextvars.copy_context().run, defn.fn, *args)
+    return await asyncio.get_running_loop().run_in_executor(executor, call)
 
 
 def _failure(act: PendingActivity, exc: BaseException, now: Callable[[], float]) -> ev.Event:
