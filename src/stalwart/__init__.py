@@ -31,6 +31,8 @@ from stalwart.errors import NonDeterminismError as NonDeterminismError
 from stalwart.errors import NonRetryableError as NonRetryableError
 from stalwart.errors import StalwartError as StalwartError
 from stalwart.errors import StoreError as StoreError
+from stalwart.errors import UnknownHandlerError as UnknownHandlerError
+from stalwart.errors import UpdateFailedError as UpdateFailedError
 from stalwart.errors import WorkflowAlreadyStartedError as WorkflowAlreadyStartedError
 from stalwart.errors import WorkflowClosedError as WorkflowClosedError
 from stalwart.errors import WorkflowFailedError as WorkflowFailedError
@@ -61,6 +63,8 @@ __all__ = [
     "RetryPolicy",
     "StalwartError",
     "StoreError",
+    "UnknownHandlerError",
+    "UpdateFailedError",
     "WorkerOptions",
     "WorkflowAlreadyStartedError",
     "WorkflowClosedError",

@@ -8,13 +8,20 @@ import dataclasses
 import signal
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from stalwart._engine.events import HistoryEvent, WorkflowStarted, WorkflowTerminated
+from stalwart._engine.events import (
+    HistoryEvent,
+    UpdateCompleted,
+    UpdateRejected,
+    WorkflowStarted,
+    WorkflowTerminated,
+)
+from stalwart._engine.run import WorkflowRun
 from stalwart.codec import Codec, TypeConverter
 from stalwart.decorators import (
     ActivityDefinition,
@@ -27,6 +34,8 @@ from stalwart.errors import (
     ConfigurationError,
     EncodingError,
     StalwartError,
+    UnknownHandlerError,
+    UpdateFailedError,
     WorkflowAlreadyStartedError,
     WorkflowClosedError,
     WorkflowFailedError,
@@ -35,7 +44,8 @@ from stalwart.errors import (
 )
 from stalwart.runtime.clock import Clock, RealClock
 from stalwart.runtime.committer import GroupCommitter
-from stalwart.runtime.worker import Worker, WorkerOptions
+from stalwart.runtime.instance import build_instance
+from stalwart.runtime.worker import Worker, WorkerOptions, update_key
 from stalwart.store import open_store
 from stalwart.store.base import (
     ALL_STATUSES,
@@ -561,6 +571,104 @@ class WorkflowHandle(Generic[R]):
             if self.engine.worker is not None:
                 self.engine.worker.forget(self.id)
             self.engine._instance_closed(self.id)
+
+    async def query(self, name: str, *args: Any) -> Any:
+        """Ask the workflow's query handler ``name``; nothing is recorded.
+
+        Answered from the instance's current state: directly when this process runs it,
+        otherwise by replaying its history here (the workflow must be registered in this
+        engine). Raises :class:`UnknownHandlerError` for an unknown name.
+        """
+        data = [self.engine.converter.to_data(a, Any, path=f"query {name!r}") for a in args]
+        async with self._current_run() as run:
+            return run.query(name, data)
+
+    async def update(self, name: str, *args: Any, timeout: float | None = None) -> Any:
+        """Send an update and wait for the handler's result (or its error).
+
+        The validator runs before anything is recorded: a refused update raises
+        :class:`UpdateFailedError` with ``rejected=True``; a handler that raises gives
+        ``rejected=False``. Unknown names raise :class:`UnknownHandlerError`.
+        """
+        data = [self.engine.converter.to_data(a, Any, path=f"update {name!r}") for a in args]
+        defn = self._defn
+        rec = await self._record()
+        if defn is not None or self.engine.registry.workflow(rec.name, rec.version) is not None:
+            # Check the request against the current state first, so a bad request is
+            # refused without touching the store.
+            async with self._current_run() as run:
+                error = run.validate_update(name, data)
+            if error is not None:
+                self._raise_update_error(name, error, rejected=True)
+        update_id = uuid.uuid4().hex
+        await self._send("update", name, {"id": update_id, "args": data})
+        outcome = await asyncio.wait_for(self._wait_update(update_id), timeout)
+        if isinstance(outcome, UpdateRejected):
+            self._raise_update_error(name, outcome.error, rejected=True)
+        assert isinstance(outcome, UpdateCompleted)
+        if outcome.error is not None:
+            self._raise_update_error(name, outcome.error, rejected=False)
+        return outcome.result
+
+    def _raise_update_error(self, name: str, error: dict[str, Any], *, rejected: bool) -> None:
+        if error.get("type") == "UnknownHandlerError":
+            raise UnknownHandlerError(str(error.get("message", "")))
+        raise UpdateFailedError(
+            self.id,
+            name,
+            str(error.get("type", "")),
+            str(error.get("message", "")),
+            rejected=rejected,
+        )
+
+    async def _wait_update(self, update_id: str) -> UpdateCompleted | UpdateRejected:
+        key = update_key(update_id)
+        event = self.engine._closed_event(key)
+        delay = 0.005
+        try:
+            while True:
+                for item in reversed(await self.history()):
+                    found = item.event
+                    if (
+                        isinstance(found, UpdateCompleted | UpdateRejected)
+                        and found.update_id == update_id
+                    ):
+                        return found
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), delay)
+                delay = min(delay * 2, 0.5)
+        finally:
+            self.engine._closed_events.pop(key, None)
+
+    @contextlib.asynccontextmanager
+    async def _current_run(self) -> AsyncIterator[WorkflowRun]:
+        """The instance's run as of now: the live one here, or one rebuilt by replay."""
+        worker = self.engine.worker
+        live = worker.live.get(self.id) if worker is not None else None
+        if live is not None and not live.closed:
+            yield live.run
+            return
+        rec = await self._record()
+        defn = self.engine.registry.workflow(rec.name, rec.version)
+        if defn is None:
+            raise WorkflowNotRegisteredError(rec.name, rec.version)
+        history = await self.engine.store.load_history(rec.id, rec.run_id)
+        started = history[0].event
+        assert isinstance(started, WorkflowStarted)
+        inst = build_instance(
+            instance_id=rec.id,
+            run_id=rec.run_id,
+            epoch=rec.epoch,
+            defn=defn,
+            started=started,
+            start_time=history[0].time,
+            converter=self.engine.converter,
+        )
+        try:
+            inst.run.replay(history)
+            yield inst.run
+        finally:
+            inst.run.close()
 
     async def resume(self) -> bool:
         """Retry a ``suspended`` instance on the current code; False if it was not

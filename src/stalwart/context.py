@@ -10,16 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
+import inspect
 import logging
 import random as _random
 import uuid as _uuid
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
 
-from stalwart._engine.run import ChildState, ContinueAsNew, WorkflowRun
+from stalwart._engine.run import ChildState, ContinueAsNew, UpdateHandler, WorkflowRun
 from stalwart.codec import Signature, TypeConverter
-from stalwart.errors import ChildWorkflowError, ConfigurationError
+from stalwart.errors import ChildWorkflowError, ConfigurationError, error_info
 from stalwart.retry import RetryPolicy, as_seconds
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ PARENT_CLOSE_POLICIES = ("terminate", "cancel", "abandon")
 """What happens to a still-running child when its parent ends."""
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 _current: contextvars.ContextVar[WorkflowContext | None] = contextvars.ContextVar(
     "stalwart_workflow_context", default=None
@@ -225,6 +227,151 @@ class WorkflowContext:
             raise ConfigurationError("continue_as_new() is not available in this context")
         data = self._signature.encode_args(self._converter, args, kwargs)
         raise ContinueAsNew(data)
+
+    # -- waiting ----------------------------------------------------------------------
+    async def wait_condition(
+        self, predicate: Callable[[], bool], *, timeout: float | timedelta | None = None
+    ) -> None:
+        """Wait until ``predicate()`` is true (re-checked each time the workflow blocks).
+
+        The predicate must only read workflow state (e.g. fields a signal handler sets).
+        With ``timeout`` (a durable timer), raises :class:`TimeoutError` if it stays false.
+        """
+        seconds = as_seconds(timeout, "condition timeout")
+        fut = self._run.wait_condition(predicate)
+        if seconds is None:
+            await fut
+            return
+        try:
+            await asyncio.wait_for(fut, seconds)
+        except TimeoutError:
+            raise TimeoutError(f"condition still false after {seconds:g} seconds") from None
+
+    async def first(
+        self, *awaitables: Awaitable[Any], timeout: float | timedelta | None = None
+    ) -> tuple[int, Any]:
+        """Race awaitables (activities, timers, signal waits, children): return the index
+        and result of the first to finish and cancel the others. Deterministic on replay:
+        the winner is whichever result was recorded first.
+
+        If the winner raised, that exception propagates. With ``timeout`` and no winner
+        in time, raises :class:`TimeoutError`.
+        """
+        if not awaitables:
+            raise ConfigurationError("first() needs at least one awaitable")
+        tasks = [asyncio.ensure_future(aw) for aw in awaitables]
+        seconds = as_seconds(timeout, "first() timeout")
+        try:
+            done, _ = await asyncio.wait(
+                tasks, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+        if not done:
+            raise TimeoutError(f"nothing finished within {seconds:g} seconds")
+        index = next(i for i, task in enumerate(tasks) if task in done)
+        return index, tasks[index].result()
+
+    # -- handlers ---------------------------------------------------------------------
+    def set_signal_handler(self, name: str, handler: Callable[..., Any]) -> None:
+        """Handle signals called ``name`` with ``handler(payload)`` (sync or async).
+
+        The payload is decoded into the handler's annotated parameter type. Signals sent
+        before the handler was set are delivered to it first, in order.
+        """
+        sig = Signature(handler, skip_first=False, label=f"signal handler {name!r}")
+        is_async = inspect.iscoroutinefunction(handler)
+
+        def deliver(payload: Any) -> None:
+            args = sig.decode_args(self._converter, [payload] if sig.params else [])
+            if is_async:
+                self._run.loop.create_task(handler(*args))
+            else:
+                handler(*args)
+
+        self._run.set_signal_handler(name, deliver)
+
+    def signal_handler(self, name: str) -> Callable[[F], F]:
+        """Decorator form of :meth:`set_signal_handler`."""
+
+        def register(fn: F) -> F:
+            self.set_signal_handler(name, fn)
+            return fn
+
+        return register
+
+    def set_query_handler(self, name: str, handler: Callable[..., Any]) -> None:
+        """Answer ``handle.query(name, *args)`` with ``handler(*args)`` (sync, read-only).
+
+        Queries are answered from the workflow's current state, rebuilt by replay when
+        the instance is not in this process's memory; nothing is recorded.
+        """
+        sig = Signature(handler, skip_first=False, label=f"query {name!r}")
+
+        def answer(args: list[Any]) -> Any:
+            return handler(*sig.decode_args(self._converter, args))
+
+        self._run.query_handlers[name] = answer
+
+    def query_handler(self, name: str) -> Callable[[F], F]:
+        """Decorator form of :meth:`set_query_handler`."""
+
+        def register(fn: F) -> F:
+            self.set_query_handler(name, fn)
+            return fn
+
+        return register
+
+    def set_update_handler(
+        self,
+        name: str,
+        handler: Callable[..., Any],
+        *,
+        validator: Callable[..., Any] | None = None,
+    ) -> None:
+        """Handle ``handle.update(name, *args)``: a request that may change state and
+        returns ``handler``'s result (or raises its error) to the caller.
+
+        ``validator(*args)`` (sync, read-only) runs first; if it raises, the update is
+        refused before the handler runs and the caller gets the error.
+        """
+        sig = Signature(handler, skip_first=False, label=f"update {name!r}")
+
+        def validate(args: list[Any]) -> None:
+            values = sig.decode_args(self._converter, args)
+            if validator is not None:
+                validator(*values)
+
+        def start(update_id: str, args: list[Any]) -> None:
+            self._run.loop.create_task(self._run_update(update_id, handler, sig, args))
+
+        self._run.update_handlers[name] = UpdateHandler(validate, start)
+
+    def update_handler(
+        self, name: str, *, validator: Callable[..., Any] | None = None
+    ) -> Callable[[F], F]:
+        """Decorator form of :meth:`set_update_handler`."""
+
+        def register(fn: F) -> F:
+            self.set_update_handler(name, fn, validator=validator)
+            return fn
+
+        return register
+
+    async def _run_update(
+        self, update_id: str, handler: Callable[..., Any], sig: Signature, args: list[Any]
+    ) -> None:
+        try:
+            result = handler(*sig.decode_args(self._converter, args))
+            if inspect.isawaitable(result):
+                result = await result
+            data = sig.encode_result(self._converter, result)
+        except Exception as exc:  # noqa: BLE001 - the caller receives the handler's error
+            self._run.complete_update(update_id, None, error_info(exc))
+            return
+        self._run.complete_update(update_id, data, None)
 
     def activity(
         self,

@@ -13,6 +13,8 @@ Every error raised by Stalwart derives from :class:`StalwartError` and carries a
     ├── WorkflowFailedError         ``handle.result()`` of a run that did not complete
     ├── ActivityError               an activity failed (seen inside the workflow)
     ├── ChildWorkflowError          a child workflow did not complete (seen in the parent)
+    ├── UnknownHandlerError         no query/update handler of that name
+    ├── UpdateFailedError           an update was rejected by its validator or failed
     ├── NonRetryableError           raise it from an activity to stop retries
     ├── NonDeterminismError         replay diverged from the recorded history
     ├── LeaseLostError              a worker's write was fenced off by a newer owner
@@ -161,6 +163,29 @@ class ChildWorkflowError(StalwartError):
         self.status = status
         self.error_type = error_type
         self.message = message
+
+
+class UnknownHandlerError(StalwartError):
+    """No query or update handler has that name in the workflow."""
+
+    code = "unknown_handler"
+
+
+class UpdateFailedError(StalwartError):
+    """An update was refused by its validator or its handler raised."""
+
+    code = "update_failed"
+
+    def __init__(
+        self, instance_id: str, name: str, error_type: str, message: str, *, rejected: bool
+    ) -> None:
+        what = "rejected" if rejected else "failed"
+        super().__init__(f"update {name!r} of {instance_id!r} {what}: {error_type}: {message}")
+        self.instance_id = instance_id
+        self.name = name
+        self.error_type = error_type
+        self.message = message
+        self.rejected = rejected
 
 
 class NonRetryableError(StalwartError):

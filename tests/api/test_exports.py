@@ -26,6 +26,8 @@ EXPECTED = {
     "RetryPolicy",
     "StalwartError",
     "StoreError",
+    "UnknownHandlerError",
+    "UpdateFailedError",
     "WorkerOptions",
     "WorkflowAlreadyStartedError",
     "WorkflowClosedError",

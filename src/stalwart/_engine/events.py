@@ -217,6 +217,46 @@ class ExternalCancelRequested(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class UpdateAccepted(Event):
+    """An update request passed its validator; its handler runs from here."""
+
+    kind: ClassVar[str] = "UpdateAccepted"
+    update_id: str
+    name: str
+    args: list[JSON]
+
+    def describe(self) -> str:
+        return f"UpdateAccepted({self.name!r} {self.update_id})"
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateRejected(Event):
+    """An update request was refused by its validator (the workflow state is untouched)."""
+
+    kind: ClassVar[str] = "UpdateRejected"
+    update_id: str
+    name: str
+    error: dict[str, JSON]
+
+    def describe(self) -> str:
+        return f"UpdateRejected({self.name!r} {self.update_id})"
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateCompleted(Event):
+    """An update handler returned (``result``) or raised (``error``)."""
+
+    kind: ClassVar[str] = "UpdateCompleted"
+    is_command: ClassVar[bool] = True
+    update_id: str
+    result: JSON = None
+    error: dict[str, JSON] | None = None
+
+    def describe(self) -> str:
+        return f"UpdateCompleted({self.update_id})"
+
+
+@dataclass(frozen=True, slots=True)
 class MarkerRecorded(Event):
     """A named marker, e.g. ``patch:<change id>`` from ``ctx.patched()``.
 
@@ -310,6 +350,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ChildWorkflowCompleted,
         ExternalSignalSent,
         ExternalCancelRequested,
+        UpdateAccepted,
+        UpdateRejected,
+        UpdateCompleted,
         MarkerRecorded,
         CancelRequested,
         WorkflowCompleted,

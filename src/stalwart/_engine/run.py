@@ -29,7 +29,7 @@ from typing import Any
 
 from stalwart._engine import events as ev
 from stalwart._engine.loop import WorkflowLoop
-from stalwart.errors import ActivityError, NonDeterminismError, error_info
+from stalwart.errors import ActivityError, NonDeterminismError, UnknownHandlerError, error_info
 
 JSON = Any
 
@@ -44,6 +44,14 @@ class ContinueAsNew(BaseException):
     def __init__(self, input: list[JSON]) -> None:
         super().__init__("continue as new")
         self.input = input
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateHandler:
+    """How the run validates and starts one named update."""
+
+    validate: Callable[[list[JSON]], None]
+    start: Callable[[str, list[JSON]], None]
 
 
 @dataclass(slots=True)
@@ -127,6 +135,11 @@ class WorkflowRun:
         self.timers: dict[int, PendingTimer] = {}
         self._signals: dict[str, _SignalChannel] = {}
         self.children: dict[str, ChildState] = {}
+        self.signal_handlers: dict[str, Callable[[JSON], None]] = {}
+        self.update_handlers: dict[str, UpdateHandler] = {}
+        self.query_handlers: dict[str, Callable[[list[JSON]], Any]] = {}
+        self._conditions: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._querying = False
         self._main: asyncio.Task[Any] | None = None
         self.outcome: RunOutcome | None = None
         self.cancel_requested: str | None = None
@@ -306,6 +319,53 @@ class WorkflowRun:
         """Children that have not ended (subject to the parent-close policy)."""
         return [c for c in self.children.values() if not c.done]
 
+    def set_signal_handler(self, name: str, handler: Callable[[JSON], None]) -> None:
+        """Route signals called ``name`` to ``handler``, starting with buffered ones."""
+        self.signal_handlers[name] = handler
+        channel = self._signals.get(name)
+        while channel is not None and channel.buffered:
+            handler(channel.buffered.popleft())
+
+    def wait_condition(self, predicate: Callable[[], bool]) -> asyncio.Future[None]:
+        """A future resolved once ``predicate()`` holds (checked whenever the code blocks)."""
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self._conditions.append((predicate, fut))
+        return fut
+
+    def validate_update(self, name: str, args: list[JSON]) -> dict[str, JSON] | None:
+        """Run the validator of update ``name`` live; the error that refuses it, or None."""
+        handler = self.update_handlers.get(name)
+        if handler is None:
+            known = ", ".join(sorted(self.update_handlers)) or "none"
+            return {
+                "type": "UnknownHandlerError",
+                "message": f"no update handler named {name!r} (known: {known})",
+            }
+        try:
+            self._querying = True
+            handler.validate(args)
+        except Exception as exc:  # noqa: BLE001 - the refusal is reported to the caller
+            return error_info(exc)
+        finally:
+            self._querying = False
+        return None
+
+    def complete_update(self, update_id: str, result: JSON, error: dict[str, JSON] | None) -> None:
+        """Record the end of an update handler (called from its task)."""
+        self._emit(ev.UpdateCompleted(update_id=update_id, result=result, error=error))
+
+    def query(self, name: str, args: list[JSON]) -> Any:
+        """Call query handler ``name``; it may read state but not issue commands."""
+        handler = self.query_handlers.get(name)
+        if handler is None:
+            known = ", ".join(sorted(self.query_handlers)) or "none"
+            raise UnknownHandlerError(f"no query handler named {name!r} (known: {known})")
+        self._querying = True
+        try:
+            return handler(args)
+        finally:
+            self._querying = False
+
     def wait_signal(self, name: str) -> asyncio.Future[JSON]:
         """A future for the next signal called ``name`` (buffered ones are taken first)."""
         channel = self._signals.setdefault(name, _SignalChannel())
@@ -383,9 +443,33 @@ class WorkflowRun:
         self.outcome = RunOutcome(status, recorded)
 
     def _run(self) -> None:
-        self.loop.run_ready()
-        if self._diverged is not None:
-            raise self._diverged
+        while True:
+            self.loop.run_ready()
+            if self._diverged is not None:
+                raise self._diverged
+            if not self._check_conditions():
+                return
+
+    def _check_conditions(self) -> bool:
+        """Resolve the wait_condition futures whose predicate now holds."""
+        fired = False
+        pending = []
+        for predicate, fut in self._conditions:
+            if fut.done():
+                continue
+            try:
+                ok = predicate()
+            except Exception as exc:  # noqa: BLE001 - surfaces at the waiter's await
+                fut.set_exception(exc)
+                fired = True
+                continue
+            if ok:
+                fut.set_result(None)
+                fired = True
+            else:
+                pending.append((predicate, fut))
+        self._conditions = pending
+        return fired
 
     def _take_new(self) -> list[ev.Event]:
         new, self._new = self._new, []
@@ -428,6 +512,20 @@ class WorkflowRun:
                 child.done = True
                 if not child.future.done():
                     child.future.set_result(event)
+        elif isinstance(event, ev.UpdateAccepted):
+            handler = self.update_handlers.get(event.name)
+            if handler is None:
+                error = {
+                    "type": "UnknownHandlerError",
+                    "message": f"no update handler named {event.name!r}",
+                }
+                self.complete_update(event.update_id, None, error)
+            else:
+                handler.start(event.update_id, event.args)
+        elif isinstance(event, ev.UpdateRejected):
+            pass  # recorded for the caller; the workflow's state is untouched
+        elif isinstance(event, ev.SignalReceived) and event.name in self.signal_handlers:
+            self.signal_handlers[event.name](event.payload)
         elif isinstance(event, ev.SignalReceived):
             channel = self._signals.setdefault(event.name, _SignalChannel())
             while channel.waiters:
@@ -449,6 +547,11 @@ class WorkflowRun:
 
     def _emit(self, event: ev.Event) -> ev.Event:
         """Record a command (live) or check it against history (replay)."""
+        if self._querying:
+            raise RuntimeError(
+                f"{event.describe()} inside a query handler or update validator: they may "
+                "read the workflow's state but not change it"
+            )
         if self._diverged is not None or self._closing:
             raise _Diverged()
         if self.is_replaying:
@@ -507,6 +610,8 @@ def _same_command(recorded: ev.Event, issued: ev.Event) -> bool:
         return recorded.cmd == getattr(issued, "cmd", None) and recorded.target_id == getattr(
             issued, "target_id", None
         )
+    if isinstance(recorded, ev.UpdateCompleted):
+        return recorded.update_id == getattr(issued, "update_id", None)
     if isinstance(recorded, ev.MarkerRecorded):
         assert isinstance(issued, ev.MarkerRecorded)
         return recorded.name == issued.name

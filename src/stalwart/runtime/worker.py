@@ -455,6 +455,15 @@ class Worker:
                 event, ev.ActivityCompleted | ev.ActivityFailed | ev.ActivityAttemptFailed
             ):
                 inst.activity_tasks.pop(event.cmd, None)
+            if isinstance(event, UpdateRequest):
+                # Validated against the state as of this point in the batch, live only:
+                # the decision is what gets recorded, so replay never re-runs validators.
+                error = run.validate_update(event.name, event.args)
+                event = (
+                    ev.UpdateAccepted(update_id=event.update_id, name=event.name, args=event.args)
+                    if error is None
+                    else ev.UpdateRejected(update_id=event.update_id, name=event.name, error=error)
+                )
             if run.outcome is None:
                 new += run.apply(event, now)
         if timed_out and run.outcome is None:
@@ -470,6 +479,9 @@ class Worker:
             return False
         inst.seq += len(new)
         inst.run.mark_committed(len(new))
+        for event in new:
+            if isinstance(event, ev.UpdateCompleted | ev.UpdateRejected):
+                self._on_closed(update_key(event.update_id))
         self._warn_long_history(inst)
         if any(isinstance(e, ev.ChildWorkflowStarted) for e in new):
             self.kick()  # the children are unowned and due now: claim them here
@@ -693,8 +705,27 @@ class Worker:
             inst.cancel_everything()
 
 
+@dataclass(frozen=True, slots=True)
+class UpdateRequest(ev.Event):
+    """An update waiting in the inbox; validated into UpdateAccepted/Rejected when applied."""
+
+    update_id: str
+    name: str
+    args: list[Any]
+
+
+def update_key(update_id: str) -> str:
+    """The key under which the engine announces an update's outcome in-process."""
+    return f"update:{update_id}"
+
+
 def inbox_event(msg: InboxMessage) -> ev.Event:
     """The history event that records an inbox message's delivery."""
+    if msg.kind == "update":
+        payload = msg.payload or {}
+        return UpdateRequest(
+            update_id=str(payload.get("id", "")), name=msg.name, args=list(payload.get("args", []))
+        )
     if msg.kind == "signal":
         return ev.SignalReceived(name=msg.name, payload=msg.payload)
     if msg.kind == CHILD_MESSAGE:

@@ -26,6 +26,9 @@ from stalwart._engine.events import (
     SignalReceived,
     TimerFired,
     TimerStarted,
+    UpdateAccepted,
+    UpdateCompleted,
+    UpdateRejected,
     WorkflowCancelled,
     WorkflowCompleted,
     WorkflowContinuedAsNew,
@@ -292,6 +295,11 @@ def _sample_events(t: float) -> list[Event]:
         ExternalSignalSent(cmd=5, target_id="order-1/4", name="nudge", payload=[1, {"x": None}]),
         ExternalCancelRequested(cmd=6, target_id="order-1/4", reason="late"),
         WorkflowContinuedAsNew(input=[1, "two"], new_run_id="run-2"),
+        UpdateAccepted(update_id="u-1", name="discount", args=[10, {"code": "ÉTÉ"}]),
+        UpdateRejected(
+            update_id="u-2", name="discount", error={"type": "ValueError", "message": "too big"}
+        ),
+        UpdateCompleted(update_id="u-1", result={"total": 8}, error=None),
         CancelRequested(reason="user asked: «stop»"),
         WorkflowCompleted(result=[{"a": 1}, "b", 3.0, False, None, {"": ""}]),
         WorkflowFailed(error={"type": "RuntimeError", "message": "失败", "traceback": "…"}),
