@@ -21,6 +21,7 @@ from stalwart.decorators import WorkflowInvocation as WorkflowInvocation
 from stalwart.decorators import activity as activity
 from stalwart.decorators import default_registry as default_registry
 from stalwart.decorators import workflow as workflow
+from stalwart.errors import ActivityCancelledError as ActivityCancelledError
 from stalwart.errors import ActivityError as ActivityError
 from stalwart.errors import Cancelled as Cancelled
 from stalwart.errors import ChildWorkflowError as ChildWorkflowError
@@ -45,6 +46,7 @@ from stalwart.runtime.worker import WorkerOptions as WorkerOptions
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActivityCancelledError",
     "ActivityContext",
     "ActivityDefinition",
     "ActivityError",

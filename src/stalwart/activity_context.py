@@ -1,32 +1,85 @@
-"""What an activity can learn about the durable call it is executing."""
+"""What an activity can learn about, and tell, the durable call it is executing."""
 
 from __future__ import annotations
 
 import contextvars
-from dataclasses import dataclass
+import threading
+import time
+from typing import Any
 
-from stalwart.errors import StalwartError
+from stalwart.errors import ActivityCancelledError, StalwartError
 
 
-@dataclass(frozen=True, slots=True)
 class ActivityContext:
-    """The durable call an activity body is executing.
+    """The durable call an activity body is executing (``stalwart.activity_context()``).
 
     ``idempotency_key`` (``"<instance id>:<command number>"``) is the same on every attempt
     of the same call, including re-executions after a crash: pass it to downstream
     services so an at-least-once activity has an exactly-once effect.
+
+    Long activities call :meth:`heartbeat` regularly: it proves liveness (an activity
+    with a ``heartbeat_timeout`` that stops heartbeating fails its attempt), records
+    progress ``details`` that the next attempt receives as :attr:`heartbeat_details`, and
+    raises :class:`ActivityCancelledError` once the workflow no longer wants the result.
     """
 
-    instance_id: str
-    run_id: str
-    activity: str
-    cmd: int
-    attempt: int
+    def __init__(
+        self,
+        instance_id: str,
+        run_id: str,
+        activity: str,
+        cmd: int,
+        attempt: int,
+        *,
+        heartbeat_details: Any = None,
+    ) -> None:
+        self.instance_id = instance_id
+        self.run_id = run_id
+        self.activity = activity
+        self.cmd = cmd
+        self.attempt = attempt
+        self.heartbeat_details = heartbeat_details
+        """The details of the last heartbeat of a previous attempt (``None`` at first)."""
+        self._lock = threading.Lock()
+        self._details: Any = heartbeat_details
+        self._last_beat = time.monotonic()
+        self._cancelled = threading.Event()
 
     @property
     def idempotency_key(self) -> str:
         """A key stable across attempts and crashes of this one call."""
         return f"{self.instance_id}:{self.cmd}"
+
+    def heartbeat(self, details: Any = None) -> None:
+        """Report liveness and progress (JSON-able ``details``); raises
+        :class:`ActivityCancelledError` if the call was cancelled. Thread-safe."""
+        with self._lock:
+            self._last_beat = time.monotonic()
+            if details is not None:
+                self._details = details
+        if self._cancelled.is_set():
+            raise ActivityCancelledError(
+                f"activity {self.activity!r} of {self.instance_id!r} was cancelled"
+            )
+
+    @property
+    def is_cancelled(self) -> bool:
+        """Whether the workflow no longer wants this call's result."""
+        return self._cancelled.is_set()
+
+    def last_details(self) -> Any:
+        """The details of the latest heartbeat of this attempt (or the previous one)."""
+        with self._lock:
+            return self._details
+
+    def seconds_since_heartbeat(self) -> float:
+        """Seconds since the attempt started or last heartbeated."""
+        with self._lock:
+            return time.monotonic() - self._last_beat
+
+    def cancel(self) -> None:
+        """Mark the call cancelled (the runtime calls this)."""
+        self._cancelled.set()
 
 
 _current: contextvars.ContextVar[ActivityContext | None] = contextvars.ContextVar(

@@ -379,16 +379,26 @@ class WorkflowContext:
         *args: Any,
         retry: RetryPolicy | None = None,
         timeout: float | timedelta | None = None,
+        heartbeat_timeout: float | timedelta | None = None,
+        schedule_to_close: float | timedelta | None = None,
         **kwargs: Any,
     ) -> Coroutine[Any, Any, T]:
-        """Call an activity durably, overriding its retry policy or timeout for this call."""
+        """Call an activity durably, overriding its retry policy or timeouts for this call."""
         from stalwart.decorators import ActivityDefinition
 
         if not isinstance(fn, ActivityDefinition):
             raise ConfigurationError(
                 f"ctx.activity() takes a function decorated with @activity, got {fn!r}"
             )
-        return self.call_activity(fn, args, kwargs, retry=retry, timeout=timeout)
+        return self.call_activity(
+            fn,
+            args,
+            kwargs,
+            retry=retry,
+            timeout=timeout,
+            heartbeat_timeout=heartbeat_timeout,
+            schedule_to_close=schedule_to_close,
+        )
 
     def call_activity(
         self,
@@ -398,10 +408,17 @@ class WorkflowContext:
         *,
         retry: RetryPolicy | None = None,
         timeout: float | timedelta | None = None,
+        heartbeat_timeout: float | timedelta | None = None,
+        schedule_to_close: float | timedelta | None = None,
     ) -> Coroutine[Any, Any, T]:
         """Encode the arguments now (errors surface at the call site), schedule on await."""
         data = defn.signature.encode_args(self._converter, args, kwargs)
-        options = defn.options_data(retry=retry, timeout=as_seconds(timeout, "activity timeout"))
+        options = defn.options_data(
+            retry=retry,
+            timeout=as_seconds(timeout, "activity timeout"),
+            heartbeat_timeout=as_seconds(heartbeat_timeout, "heartbeat timeout"),
+            schedule_to_close=as_seconds(schedule_to_close, "schedule-to-close timeout"),
+        )
         return self._await_activity(defn, data, options)
 
     async def _await_activity(

@@ -128,6 +128,8 @@ class ActivityDefinition(Generic[P, R]):
         name: str | None = None,
         retry: RetryPolicy | None = None,
         timeout: float | timedelta | None = None,
+        heartbeat_timeout: float | timedelta | None = None,
+        schedule_to_close: float | timedelta | None = None,
     ) -> None:
         if not callable(fn):
             raise ConfigurationError(f"@activity decorates a function, got {fn!r}")
@@ -138,6 +140,12 @@ class ActivityDefinition(Generic[P, R]):
         _check_name(self.name, "activity")
         self.retry = retry or RetryPolicy()
         self.timeout = as_seconds(timeout, f"@activity {self.name!r} timeout")
+        self.heartbeat_timeout = as_seconds(
+            heartbeat_timeout, f"@activity {self.name!r} heartbeat_timeout"
+        )
+        self.schedule_to_close = as_seconds(
+            schedule_to_close, f"@activity {self.name!r} schedule_to_close"
+        )
         self.is_async = inspect.iscoroutinefunction(fn)
         self.signature = Signature(fn, skip_first=False, label=self.name)
         self.__doc__ = fn.__doc__
@@ -147,13 +155,25 @@ class ActivityDefinition(Generic[P, R]):
         self.__wrapped__ = fn
 
     def options_data(
-        self, *, retry: RetryPolicy | None = None, timeout: float | None = None
+        self,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        heartbeat_timeout: float | None = None,
+        schedule_to_close: float | None = None,
     ) -> dict[str, Any]:
         """The effective options of one call, as recorded in its ActivityScheduled event."""
-        return {
+        data: dict[str, Any] = {
             "retry": (retry or self.retry).to_data(),
             "timeout": timeout if timeout is not None else self.timeout,
         }
+        beat = heartbeat_timeout if heartbeat_timeout is not None else self.heartbeat_timeout
+        total = schedule_to_close if schedule_to_close is not None else self.schedule_to_close
+        if beat is not None:
+            data["heartbeat_timeout"] = beat
+        if total is not None:
+            data["schedule_to_close"] = total
+        return data
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         ctx = current_workflow_context()
@@ -175,6 +195,8 @@ def activity(
     name: str | None = None,
     retry: RetryPolicy | None = None,
     timeout: float | timedelta | None = None,
+    heartbeat_timeout: float | timedelta | None = None,
+    schedule_to_close: float | timedelta | None = None,
 ) -> Callable[[Callable[P, R]], ActivityDefinition[P, R]]: ...
 
 
@@ -185,17 +207,27 @@ def activity(
     name: str | None = None,
     retry: RetryPolicy | None = None,
     timeout: float | timedelta | None = None,
+    heartbeat_timeout: float | timedelta | None = None,
+    schedule_to_close: float | timedelta | None = None,
 ) -> ActivityDefinition[P, R] | Callable[[Callable[P, R]], ActivityDefinition[P, R]]:
     """Declare an activity; usable bare (``@activity``) or with options.
 
     ``retry`` is the :class:`RetryPolicy` (default: 3 attempts, exponential backoff);
-    ``timeout`` bounds each attempt (start-to-close), in seconds or as a ``timedelta``.
+    ``timeout`` bounds each attempt (start-to-close), in seconds or as a ``timedelta``;
+    ``heartbeat_timeout`` fails an attempt that stays silent (no
+    ``activity_context().heartbeat()``) that long; ``schedule_to_close`` bounds the
+    whole call, retries included.
     Sync functions run in a thread pool, async ones on the worker's event loop.
     """
 
     def wrap(f: Callable[P, R]) -> ActivityDefinition[P, R]:
         defn: ActivityDefinition[P, R] = ActivityDefinition(
-            f, name=name, retry=retry, timeout=timeout
+            f,
+            name=name,
+            retry=retry,
+            timeout=timeout,
+            heartbeat_timeout=heartbeat_timeout,
+            schedule_to_close=schedule_to_close,
         )
         default_registry.add_activity(defn)
         return defn

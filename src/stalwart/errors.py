@@ -12,6 +12,7 @@ Every error raised by Stalwart derives from :class:`StalwartError` and carries a
     ├── WorkflowClosedError         signal/cancel to an instance that already ended
     ├── WorkflowFailedError         ``handle.result()`` of a run that did not complete
     ├── ActivityError               an activity failed (seen inside the workflow)
+    ├── ActivityCancelledError      heartbeat() of an activity whose result is not wanted
     ├── ChildWorkflowError          a child workflow did not complete (seen in the parent)
     ├── UnknownHandlerError         no query/update handler of that name
     ├── UpdateFailedError           an update was rejected by its validator or failed
@@ -149,6 +150,13 @@ class ActivityError(StalwartError):
         self.traceback = traceback
         self.attempts = attempts
         self.non_retryable = non_retryable
+
+
+class ActivityCancelledError(StalwartError):
+    """Raised by ``activity_context().heartbeat()`` once the call is no longer wanted
+    (the workflow was cancelled, or lost a race that this activity was part of)."""
+
+    code = "activity_cancelled"
 
 
 class ChildWorkflowError(StalwartError):

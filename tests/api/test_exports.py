@@ -8,6 +8,7 @@ import types
 import stalwart
 
 EXPECTED = {
+    "ActivityCancelledError",
     "ActivityContext",
     "ActivityDefinition",
     "ActivityError",

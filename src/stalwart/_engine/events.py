@@ -88,6 +88,8 @@ class ActivityAttemptFailed(Event):
     attempt: int
     error: dict[str, JSON]
     retry_at: float
+    details: JSON = None
+    """The last heartbeat details of the failed attempt, handed to the next one."""
 
     def describe(self) -> str:
         return f"ActivityAttemptFailed(#{self.cmd} attempt {self.attempt})"

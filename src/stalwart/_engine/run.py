@@ -74,9 +74,11 @@ class PendingActivity:
     input: list[JSON]
     options: dict[str, JSON]
     future: asyncio.Future[JSON]
+    scheduled_at: float = 0.0
     attempt: int = 1
     retry_at: float | None = None
     last_error: dict[str, JSON] | None = None
+    heartbeat: JSON = None
 
 
 @dataclass(slots=True)
@@ -234,7 +236,7 @@ class WorkflowRun:
         self._next_cmd += 1
         self._emit(ev.ActivityScheduled(cmd=cmd, name=name, input=input, options=options))
         fut: asyncio.Future[JSON] = self.loop.create_future()
-        self.activities[cmd] = PendingActivity(cmd, name, input, options, fut)
+        self.activities[cmd] = PendingActivity(cmd, name, input, options, fut, self._now)
         fut.add_done_callback(functools.partial(self._activity_future_done, cmd))
         return fut
 
@@ -488,6 +490,7 @@ class WorkflowRun:
                 act.attempt = event.attempt + 1
                 act.retry_at = event.retry_at
                 act.last_error = event.error
+                act.heartbeat = event.details
         elif isinstance(event, ev.ActivityFailed):
             act = self.activities.pop(event.cmd, None)
             if act is not None and not act.future.done():
