@@ -10,6 +10,8 @@ import pytest
 
 from stalwart import Engine, WorkerOptions
 
+pytest_plugins = ["pytester"]
+
 STORES = ["memory", "sqlite"]
 
 

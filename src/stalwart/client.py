@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 from stalwart._engine.events import (
     HistoryEvent,
@@ -191,7 +191,7 @@ class Engine:
         self._stop_requested: asyncio.Event | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
-    async def __aenter__(self) -> Engine:
+    async def __aenter__(self) -> Self:
         await self.open()
         return self
 

@@ -44,6 +44,10 @@ class Registry:
         """Register an activity definition (re-registering the same function replaces it)."""
         _add(self._activities, defn.name, defn)
 
+    def replace_activity(self, defn: ActivityDefinition[Any, Any]) -> None:
+        """Make ``defn`` the only activity under its name (used to mock activities)."""
+        self._activities[defn.name] = [defn]
+
     def workflow(
         self, name: str, version: int | None = None
     ) -> WorkflowDefinition[Any, Any] | None:

@@ -27,8 +27,14 @@ class GroupCommitter:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._committing = False
         self.batches = 0
         self.ops = 0
+
+    @property
+    def pending(self) -> bool:
+        """Whether operations are queued or a batch is being committed."""
+        return bool(self._queue) or self._committing
 
     def start(self) -> None:
         """Start the background commit task."""
@@ -73,6 +79,7 @@ class GroupCommitter:
                 continue
             batch = self._queue[: self._max_batch]
             del self._queue[: len(batch)]
+            self._committing = True
             try:
                 outcomes = await self._store.write([op for op, _ in batch])
             except Exception as exc:  # noqa: BLE001 - every waiter receives the failure
@@ -81,6 +88,8 @@ class GroupCommitter:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
+            finally:
+                self._committing = False
             self.batches += 1
             self.ops += len(batch)
             for (_, fut), outcome in zip(batch, outcomes, strict=True):

@@ -13,6 +13,15 @@ import pytest
 pytest.register_assert_rewrite("stalwart.testing.contract")
 
 from stalwart.testing.contract import FakeClock, PeerOpener, StoreContract  # noqa: E402
+from stalwart.testing.environment import TestEngine, VirtualClock  # noqa: E402
 from stalwart.testing.replayer import Replayer, ReplayResult  # noqa: E402
 
-__all__ = ["FakeClock", "PeerOpener", "ReplayResult", "Replayer", "StoreContract"]
+__all__ = [
+    "FakeClock",
+    "PeerOpener",
+    "ReplayResult",
+    "Replayer",
+    "StoreContract",
+    "TestEngine",
+    "VirtualClock",
+]
