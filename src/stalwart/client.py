@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import dataclasses
 import signal
@@ -42,6 +43,8 @@ from stalwart.errors import (
     WorkflowNotFoundError,
     WorkflowNotRegisteredError,
 )
+from stalwart.ids import validate_instance_id
+from stalwart.operations import CompatReport, bulk, check_compat, fork
 from stalwart.runtime.clock import Clock, RealClock
 from stalwart.runtime.committer import GroupCommitter
 from stalwart.runtime.instance import build_instance
@@ -61,7 +64,6 @@ from stalwart.store.base import (
 )
 
 R = TypeVar("R")
-MAX_ID_LENGTH = 255
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,7 @@ class WorkflowDescription:
     wake_at: datetime | None
     parent_id: str | None = None
     children: list[str] = dataclasses.field(default_factory=list)
+    search_attributes: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Ids of child workflows (the 100 newest), filled in by ``describe()``."""
     unserved: str | None = None
     """Set when the instance waits for a worker that does not exist: no live worker runs
@@ -106,6 +109,7 @@ class WorkflowDescription:
             history_length=rec.history_len,
             wake_at=_dt(rec.wake_at) if rec.wake_at is not None else None,
             parent_id=rec.parent_id,
+            search_attributes=dict(rec.search_attributes or {}),
             unserved=_unserved(rec, workers),
         )
 
@@ -138,19 +142,6 @@ def _timestamp(value: datetime | None, what: str) -> float | None:
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise ConfigurationError(f"{what} must be a timezone-aware datetime, got {value!r}")
     return value.timestamp()
-
-
-def validate_instance_id(instance_id: str) -> str:
-    """Refuse empty, overlong or control-character ids before anything is stored."""
-    if not isinstance(instance_id, str):
-        raise ConfigurationError(f"workflow id must be a string, got {instance_id!r}")
-    if not instance_id or not instance_id.strip():
-        raise ConfigurationError("workflow id must not be empty")
-    if len(instance_id) > MAX_ID_LENGTH:
-        raise ConfigurationError(f"workflow id is longer than {MAX_ID_LENGTH} characters")
-    if not instance_id.isprintable():
-        raise ConfigurationError(f"workflow id {instance_id!r} contains control characters")
-    return instance_id
 
 
 class Engine:
@@ -391,6 +382,7 @@ class Engine:
         parent: str | None = None,
         created_after: datetime | None = None,
         created_before: datetime | None = None,
+        search: dict[str, Any] | None = None,
         limit: int = 100,
         cursor: str | None = None,
     ) -> WorkflowList:
@@ -409,12 +401,33 @@ class Engine:
             parent_id=parent,
             created_after=_timestamp(created_after, "created_after"),
             created_before=_timestamp(created_before, "created_before"),
+            search=dict(search) if search else None,
         )
         page = await self.store.list_instances(flt, limit=limit, cursor=cursor)
         workers = await self.live_workers()
         return WorkflowList(
             [WorkflowDescription.from_record(r, workers) for r in page.items], page.next_cursor
         )
+
+    async def check_compat(self, *, name: str | None = None) -> builtins.list[CompatReport]:
+        """Replay every in-flight instance (pending, running, suspended) on this engine's
+        code and report each one that would diverge, with the event index and the call
+        that differs. Run it against the new code before a deploy."""
+        return await check_compat(self, name=name)
+
+    async def bulk(
+        self,
+        action: str,
+        *,
+        name: str | None = None,
+        status: str | None = None,
+        version: int | None = None,
+        reason: str = "",
+        from_step: int = 0,
+    ) -> builtins.list[str]:
+        """``resume``, ``cancel`` or ``fork`` every instance matching the filter."""
+        flt = ListFilter(name=name, status=status, version=version)
+        return await bulk(self, action, flt, reason=reason, from_step=from_step)
 
     async def live_workers(self) -> Sequence[WorkerRecord]:
         """Workers whose lease has not expired."""
@@ -669,6 +682,17 @@ class WorkflowHandle(Generic[R]):
             yield inst.run
         finally:
             inst.run.close()
+
+    async def fork(
+        self, from_step: int, *, id: str | None = None, version: int | None = None
+    ) -> WorkflowHandle[R]:
+        """Start a new instance that reuses this one's results before step ``from_step``
+        (a command number, ``#n`` in the history) and re-executes the rest on the current
+        code. Returns the new instance's handle."""
+        handle: WorkflowHandle[R] = await fork(
+            self.engine, self.id, from_step, new_id=id, version=version
+        )
+        return handle
 
     async def resume(self) -> bool:
         """Retry a ``suspended`` instance on the current code; False if it was not

@@ -124,6 +124,22 @@ class WorkflowContext:
         value: T = self._converter.from_data(data, tp, path="side_effect")
         return value
 
+    def upsert_search_attributes(self, attributes: dict[str, Any]) -> None:
+        """Set attributes to find this instance by (``engine.list(search={...})``).
+
+        Values must be JSON scalars (str, int, float, bool); ``None`` removes a key.
+        They are stored with the workflow's next write.
+        """
+        for key, value in attributes.items():
+            if not isinstance(key, str) or not key:
+                raise ConfigurationError(f"search attribute names must be strings, got {key!r}")
+            if value is not None and not isinstance(value, str | int | float | bool):
+                raise ConfigurationError(
+                    f"search attribute {key!r} must be a str, int, float, bool or None, "
+                    f"got {type(value).__name__}"
+                )
+        self._run.upsert_search_attributes(attributes)
+
     def patched(self, change_id: str) -> bool:
         """True on the new code path of an in-place change named ``change_id``.
 

@@ -53,6 +53,19 @@ CREATE TABLE IF NOT EXISTS executions (
 )
 """
 
+PROGRESS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS progress (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    instance    TEXT NOT NULL,
+    step        INTEGER NOT NULL,
+    item        INTEGER NOT NULL,
+    pid         INTEGER NOT NULL,
+    attempt     INTEGER NOT NULL,
+    at          REAL NOT NULL
+)
+"""
+"""Items processed by heartbeating activities (``app.kc_copy``), one row per item."""
+
 
 def step_value(instance_no: int, step: int) -> int:
     """The value ``kr_step`` returns (kept in sync with ``app.step_value``)."""
@@ -76,11 +89,12 @@ def client(db: Path) -> Engine:
 
 # ----------------------------------------------------------------------------- side table
 def init_side(path: Path) -> None:
-    """Create the side table (WAL, so the test can read while workers write)."""
+    """Create the side tables (WAL, so the test can read while workers write)."""
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(SIDE_SCHEMA)
+        conn.execute(PROGRESS_SCHEMA)
     finally:
         conn.close()
 
@@ -115,6 +129,30 @@ def read_side(path: Path) -> list[Execution]:
     return [Execution(*row) for row in rows]
 
 
+@dataclass(frozen=True)
+class Progress:
+    """One row of the progress table: an item a heartbeating activity processed."""
+
+    instance: str
+    step: int
+    item: int
+    pid: int
+    attempt: int
+    at: float
+
+
+def read_progress(path: Path) -> list[Progress]:
+    """Every processed item, in insertion order."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+    try:
+        rows = conn.execute(
+            "SELECT instance, step, item, pid, attempt, at FROM progress ORDER BY id"
+        ).fetchall()
+    finally:
+        conn.close()
+    return [Progress(*row) for row in rows]
+
+
 def count_side(path: Path) -> int:
     """How many executions are recorded so far."""
     conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
@@ -140,6 +178,8 @@ class WorkerProcess:
         poll: float = 0.2,
         concurrency: int = 8,
         host_id: str | None = None,
+        step_seconds: float | None = None,
+        item_seconds: float | None = None,
     ) -> None:
         args = [
             sys.executable,
@@ -159,6 +199,10 @@ class WorkerProcess:
             args += ["--name", name]
         if host_id is not None:
             args += ["--host-id", host_id]
+        if step_seconds is not None:
+            args += ["--step-seconds", str(step_seconds)]
+        if item_seconds is not None:
+            args += ["--item-seconds", str(item_seconds)]
         self.log = log
         self.concurrency = concurrency
         with log.open("wb") as out:

@@ -5,6 +5,7 @@
 -- migration 1: 0001_initial.sql
 -- migration 2: 0002_worker_serves.sql
 -- migration 3: 0003_parent_index.sql
+-- migration 4: 0004_search_attributes.sql
 
 -- index inbox_instance (on inbox)
 CREATE INDEX inbox_instance ON inbox (instance_id, id);
@@ -73,7 +74,7 @@ CREATE TABLE instances (
     history_len  INTEGER NOT NULL,
     current_step TEXT,
     parent_id    TEXT
-);
+, search_attributes TEXT);
 
 -- table sqlite_sequence (on sqlite_sequence)
 CREATE TABLE sqlite_sequence(name,seq);

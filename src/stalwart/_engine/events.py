@@ -259,6 +259,18 @@ class UpdateCompleted(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class SearchAttributesUpserted(Event):
+    """The code set search attributes (merged into the instance's, ``None`` removes)."""
+
+    kind: ClassVar[str] = "SearchAttributesUpserted"
+    is_command: ClassVar[bool] = True
+    attributes: dict[str, JSON]
+
+    def describe(self) -> str:
+        return f"SearchAttributesUpserted({sorted(self.attributes)})"
+
+
+@dataclass(frozen=True, slots=True)
 class MarkerRecorded(Event):
     """A named marker, e.g. ``patch:<change id>`` from ``ctx.patched()``.
 
@@ -355,6 +367,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         UpdateAccepted,
         UpdateRejected,
         UpdateCompleted,
+        SearchAttributesUpserted,
         MarkerRecorded,
         CancelRequested,
         WorkflowCompleted,

@@ -142,6 +142,7 @@ class WorkflowRun:
         self.query_handlers: dict[str, Callable[[list[JSON]], Any]] = {}
         self._conditions: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._querying = False
+        self.search_attributes: dict[str, JSON] = {}
         self._main: asyncio.Task[Any] | None = None
         self.outcome: RunOutcome | None = None
         self.cancel_requested: str | None = None
@@ -367,6 +368,14 @@ class WorkflowRun:
             return handler(args)
         finally:
             self._querying = False
+
+    def upsert_search_attributes(self, attributes: dict[str, JSON]) -> None:
+        """Issue a SearchAttributesUpserted command (stored with the next write)."""
+        self._emit(ev.SearchAttributesUpserted(attributes=dict(attributes)))
+        self.search_attributes.update(attributes)
+        for key, value in attributes.items():
+            if value is None:
+                self.search_attributes.pop(key, None)
 
     def wait_signal(self, name: str) -> asyncio.Future[JSON]:
         """A future for the next signal called ``name`` (buffered ones are taken first)."""
@@ -613,6 +622,8 @@ def _same_command(recorded: ev.Event, issued: ev.Event) -> bool:
         return recorded.cmd == getattr(issued, "cmd", None) and recorded.target_id == getattr(
             issued, "target_id", None
         )
+    if isinstance(recorded, ev.SearchAttributesUpserted):
+        return recorded.attributes == getattr(issued, "attributes", None)
     if isinstance(recorded, ev.UpdateCompleted):
         return recorded.update_id == getattr(issued, "update_id", None)
     if isinstance(recorded, ev.MarkerRecorded):

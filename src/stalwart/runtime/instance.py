@@ -36,6 +36,7 @@ class LiveInstance:
     wake_handle: Cancellable | None = None
     acks: list[asyncio.Future[None]] = field(default_factory=list)
     warned_long_history: bool = False
+    saved_search: dict[str, Any] = field(default_factory=dict)
     closed: bool = False
 
     def next_wake(self) -> float | None:

@@ -359,6 +359,7 @@ class Worker:
                 converter=self.converter,
             )
             inst.unsaved = inst.run.replay(history)
+            inst.saved_search = dict(rec.search_attributes or {})
         except (NonDeterminismError, EncodingError) as exc:
             logger.error("suspending workflow %s: %s", rec.id, exc)
             await self.committer.submit(Suspend(rec.id, self.id, rec.epoch, error_info(exc)))
@@ -479,6 +480,8 @@ class Worker:
             return False
         inst.seq += len(new)
         inst.run.mark_committed(len(new))
+        if op.search_attributes is not None:
+            inst.saved_search = dict(op.search_attributes)
         for event in new:
             if isinstance(event, ev.UpdateCompleted | ev.UpdateRejected):
                 self._on_closed(update_key(event.update_id))
@@ -519,6 +522,9 @@ class Worker:
         events = [(now, e) for e in new]
         effects = self._effects(inst, new)
         outcome = run.outcome
+        search = None
+        if run.search_attributes != inst.saved_search:
+            search = dict(run.search_attributes)
         if outcome is None:
             wake = inst.next_wake()
             return AppendEvents(
@@ -532,6 +538,7 @@ class Worker:
                 inbox_upto=inst.inbox_cursor,
                 current_step=inst.current_step(),
                 effects=effects,
+                search_attributes=search,
             )
         effects += self._parent_close_effects(inst)
         if isinstance(outcome.event, ev.WorkflowContinuedAsNew):
@@ -571,6 +578,7 @@ class Worker:
             error=error,
             inbox_upto=inst.inbox_cursor,
             effects=effects,
+            search_attributes=search,
         )
 
     def _effects(self, inst: LiveInstance, new: list[ev.Event]) -> list[WriteOp]:

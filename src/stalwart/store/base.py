@@ -48,6 +48,7 @@ class InstanceRecord:
     history_len: int
     current_step: str | None = None
     parent_id: str | None = None
+    search_attributes: dict[str, JSON] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,8 @@ class ListFilter:
     """Inclusive lower bound on ``created_at`` (epoch seconds)."""
     created_before: float | None = None
     """Exclusive upper bound on ``created_at`` (epoch seconds)."""
+    search: dict[str, JSON] | None = None
+    """Search attributes that must all be equal (JSON scalars)."""
 
     def matches(self, rec: InstanceRecord) -> bool:
         """Whether ``rec`` passes the filter (the reference semantics for adapters)."""
@@ -107,6 +110,9 @@ class ListFilter:
             and (self.parent_id is None or rec.parent_id == self.parent_id)
             and (self.created_after is None or rec.created_at >= self.created_after)
             and (self.created_before is None or rec.created_at < self.created_before)
+            and all(
+                (rec.search_attributes or {}).get(k) == v for k, v in (self.search or {}).items()
+            )
         )
 
 
@@ -132,6 +138,8 @@ class CreateInstance:
     owner: str | None = None
     epoch: int = 1
     parent_id: str | None = None
+    prefix: Sequence[tuple[float, Event]] = ()
+    """Events recorded after ``started`` (a fork reuses another run's history prefix)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +168,8 @@ class AppendEvents:
     new_run: Event | None = None
     """A ``WorkflowStarted`` event: continue-as-new. The instance keeps its id, owner and
     ``running`` status; its current run becomes this one, with a fresh history."""
+    search_attributes: dict[str, JSON] | None = None
+    """When set, the instance's complete search attributes after this step."""
 
 
 @dataclass(frozen=True, slots=True)

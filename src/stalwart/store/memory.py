@@ -117,10 +117,12 @@ class MemoryStore:
             owner=op.owner,
             epoch=op.epoch,
             wake_at=None if op.owner else now,
-            history_len=1,
+            history_len=1 + len(op.prefix),
             parent_id=op.parent_id,
         )
-        self._instances[op.id] = _Instance(rec, {op.run_id: [HistoryEvent(0, now, op.started)]})
+        events = [HistoryEvent(0, now, op.started)]
+        events += [HistoryEvent(i + 1, t, e) for i, (t, e) in enumerate(op.prefix)]
+        self._instances[op.id] = _Instance(rec, {op.run_id: events})
         return WriteOutcome(True, record=rec, created=True)
 
     def _append(self, inst: _Instance, op: AppendEvents, now: float) -> WriteOutcome:
@@ -165,6 +167,9 @@ class MemoryStore:
             wake_at=None if status in TERMINAL_STATUSES else wake_at,
             history_len=seq,
             current_step=op.current_step,
+            search_attributes=(
+                op.search_attributes if op.search_attributes is not None else rec.search_attributes
+            ),
         )
         self._apply_effects(op, now)
         if status in TERMINAL_STATUSES and rec.parent_id is not None:

@@ -58,7 +58,7 @@ _ACTIVE = "('pending', 'running')"
 _TERMINAL = "('completed', 'failed', 'cancelled', 'terminated', 'timed_out')"
 _INSTANCE_COLS = (
     "id, name, version, status, run_id, input, output, error, created_at, updated_at, "
-    "owner, epoch, wake_at, history_len, current_step, parent_id"
+    "owner, epoch, wake_at, history_len, current_step, parent_id, search_attributes"
 )
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
@@ -205,7 +205,7 @@ class SQLiteStore:
         dumps = self._codec.dumps
         cur = conn.execute(
             f"INSERT INTO instances ({_INSTANCE_COLS}) "
-            "VALUES (?, ?, ?, 'pending', ?, ?, NULL, NULL, ?, ?, ?, ?, ?, 1, NULL, ?) "
+            "VALUES (?, ?, ?, 'pending', ?, ?, NULL, NULL, ?, ?, ?, ?, ?, ?, NULL, ?, NULL) "
             "ON CONFLICT (id) DO NOTHING",
             (
                 op.id,
@@ -218,6 +218,7 @@ class SQLiteStore:
                 op.owner,
                 op.epoch,
                 None if op.owner else now,
+                1 + len(op.prefix),
                 op.parent_id,
             ),
         )
@@ -229,7 +230,7 @@ class SQLiteStore:
             ):
                 self._notify_parent(conn, op.parent_id, op.id, now, child_id_taken(op.id))
             return WriteOutcome(True, record=existing, created=False)
-        self._insert_events(conn, op.id, op.run_id, 0, [(now, op.started)])
+        self._insert_events(conn, op.id, op.run_id, 0, [(now, op.started), *op.prefix])
         return WriteOutcome(True, record=self._get(conn, op.id), created=True)
 
     def _insert_events(
@@ -292,6 +293,11 @@ class SQLiteStore:
             conn.execute(
                 "DELETE FROM inbox WHERE instance_id = ? AND id <= ?",
                 (op.instance_id, op.inbox_upto),
+            )
+        if op.search_attributes is not None:
+            conn.execute(
+                "UPDATE instances SET search_attributes = ? WHERE id = ?",
+                (json.dumps(op.search_attributes), op.instance_id),
             )
         if op.new_run is not None:
             self._continue_as_new(conn, op.instance_id, op.new_run, now)
@@ -424,6 +430,7 @@ class SQLiteStore:
             history_len=row[13],
             current_step=row[14],
             parent_id=row[15],
+            search_attributes=json.loads(row[16]) if row[16] is not None else None,
         )
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
@@ -469,6 +476,9 @@ class SQLiteStore:
         if flt.created_before is not None:
             where.append("created_at < ?")
             params.append(flt.created_before)
+        for key, value in (flt.search or {}).items():
+            where.append("json_extract(search_attributes, ?) = json_extract(?, '$')")
+            params += [json_path(key), json.dumps(value)]
         if after is not None:
             where.append("(created_at < ? OR (created_at = ? AND id < ?))")
             params += [after[0], after[0], after[1]]
@@ -661,6 +671,11 @@ class SQLiteHeartbeat:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def json_path(key: str) -> str:
+    """A JSON path naming one top-level key (quoted, so any key is literal)."""
+    return "$." + json.dumps(key)
 
 
 def _served(

@@ -11,32 +11,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stalwart._engine.events import HistoryEvent, WorkflowStarted, history_from_json
+from stalwart._engine.events import HistoryEvent, history_from_json
 from stalwart.codec import TypeConverter
 from stalwart.decorators import Registry, WorkflowDefinition
-from stalwart.errors import EncodingError, NonDeterminismError, WorkflowNotRegisteredError
-from stalwart.runtime.instance import build_instance
+from stalwart.runtime.replay_check import ReplayResult, replay_history
 
-
-@dataclass(frozen=True, slots=True)
-class ReplayResult:
-    """The outcome of replaying one history.
-
-    ``ok`` is True when the code reproduced every recorded command. ``error`` is the first
-    divergence (a :class:`NonDeterminismError` naming the event index, what the history
-    holds and what the code asked for) or the reason the history could not be replayed.
-    ``status`` is the run's status after the replay (``running`` while it still waits).
-    ``pending`` lists commands the code issued beyond the end of the history.
-    """
-
-    ok: bool
-    status: str
-    error: Exception | None = None
-    pending: tuple[str, ...] = ()
+__all__ = ["ReplayResult", "Replayer"]
 
 
 class Replayer:
@@ -56,37 +39,9 @@ class Replayer:
         instance_id: str = "replay",
     ) -> ReplayResult:
         """Replay one history: events, their JSON export, JSON text or a JSON file path."""
-        events = _load(history)
-        if not events or not isinstance(events[0].event, WorkflowStarted):
-            return ReplayResult(
-                False, "invalid", ValueError("history must start with WorkflowStarted")
-            )
-        started = events[0].event
-        defn = self._registry.workflow(started.name, started.version)
-        if defn is None:
-            err = WorkflowNotRegisteredError(started.name, started.version)
-            return ReplayResult(False, "unregistered", err)
-        try:
-            inst = build_instance(
-                instance_id=instance_id,
-                run_id=started.run_id,
-                epoch=0,
-                defn=defn,
-                started=started,
-                start_time=events[0].time,
-                converter=self._converter,
-            )
-        except EncodingError as exc:
-            return ReplayResult(False, "invalid", exc)
-        try:
-            pending = inst.run.replay(events)
-        except NonDeterminismError as exc:
-            return ReplayResult(False, "diverged", exc)
-        finally:
-            inst.run.close()
-        outcome = inst.run.outcome
-        status = outcome.status if outcome is not None else "running"
-        return ReplayResult(True, status, None, tuple(e.describe() for e in pending))
+        return replay_history(
+            self._registry, self._converter, _load(history), instance_id=instance_id
+        )
 
 
 def _load(

@@ -22,6 +22,7 @@ from stalwart._engine.events import (
     ExternalSignalSent,
     HistoryEvent,
     MarkerRecorded,
+    SearchAttributesUpserted,
     SideEffectRecorded,
     SignalReceived,
     TimerFired,
@@ -300,6 +301,7 @@ def _sample_events(t: float) -> list[Event]:
             update_id="u-2", name="discount", error={"type": "ValueError", "message": "too big"}
         ),
         UpdateCompleted(update_id="u-1", result={"total": 8}, error=None),
+        SearchAttributesUpserted(attributes={"customer": "acme", "tier": 2, "vip": None}),
         CancelRequested(reason="user asked: «stop»"),
         WorkflowCompleted(result=[{"a": 1}, "b", 3.0, False, None, {"": ""}]),
         WorkflowFailed(error={"type": "RuntimeError", "message": "失败", "traceback": "…"}),

@@ -11,6 +11,7 @@ from stalwart._engine.events import (
     EVENT_TYPES,
     HistoryEvent,
     TimerFired,
+    TimerStarted,
     WorkflowStarted,
 )
 from stalwart.errors import ConfigurationError
@@ -281,3 +282,58 @@ class ReadsContract:
             assert len(history) == rec.history_len + 1
             winner_tag = 1 if results[0].ok else 2
             assert history[-1].event == TimerFired(cmd=winner_tag)
+
+    # -- search attributes and forks ---------------------------------------------------
+    async def test_search_attributes_are_stored_and_filtered(
+        self, store: Store, clock: FakeClock
+    ) -> None:
+        """AppendEvents(search_attributes=...) replaces them; listings match on equality."""
+        for instance_id, attrs in (
+            ("a", {"customer": "acme", "tier": 2}),
+            ("b", {"customer": "acme", "tier": 3}),
+            ("c", {"customer": "o'hara; DROP", "tier": 2}),
+        ):
+            rec = await _running(store, clock, instance_id)
+            out = await _write1(
+                store,
+                AppendEvents(
+                    instance_id, "w1", rec.epoch, rec.history_len, search_attributes=attrs
+                ),
+            )
+            assert out.ok
+        assert (await _get(store, "a")).search_attributes == {"customer": "acme", "tier": 2}
+
+        async def ids(search: dict[str, object]) -> list[str]:
+            page = await store.list_instances(ListFilter(search=search))
+            return sorted(r.id for r in page.items)
+
+        assert await ids({"customer": "acme"}) == ["a", "b"]
+        assert await ids({"customer": "acme", "tier": 2}) == ["a"]
+        assert await ids({"tier": 2}) == ["a", "c"]
+        assert await ids({"customer": "o'hara; DROP"}) == ["c"]
+        assert await ids({"missing": 1}) == []
+        # An AppendEvents without search_attributes keeps them.
+        rec = await _get(store, "a")
+        assert (await _write1(store, AppendEvents("a", "w1", rec.epoch, rec.history_len))).ok
+        assert (await _get(store, "a")).search_attributes == {"customer": "acme", "tier": 2}
+
+    async def test_create_with_history_prefix(self, store: Store, clock: FakeClock) -> None:
+        """CreateInstance(prefix=...) records the events after WorkflowStarted, in order."""
+        t = clock()
+        prefix = [(t - 5.0, TimerStarted(cmd=0, fire_at=t)), (t - 1.0, TimerFired(cmd=0))]
+        op = CreateInstance(
+            "forked",
+            WF,
+            1,
+            "run-forked",
+            [1],
+            WorkflowStarted(name=WF, version=1, input=[1], run_id="run-forked"),
+            prefix=prefix,
+        )
+        assert (await _write1(store, op)).created
+        history = await store.load_history("forked", "run-forked")
+        assert [(h.seq, h.time, h.event) for h in history[1:]] == [
+            (1, t - 5.0, prefix[0][1]),
+            (2, t - 1.0, prefix[1][1]),
+        ]
+        assert (await _get(store, "forked")).history_len == 3
