@@ -183,3 +183,21 @@ async def test_continue_as_new_chains_runs(make_engine: EngineFactory, max_cache
         assert len(history) < 20  # the last run only
         old = await engine.store.load_history(h.id, first_run)
         assert old[-1].kind == "WorkflowContinuedAsNew"
+
+
+@workflow(name="c_long")
+async def c_long(ctx: WorkflowContext, n: int) -> int:
+    for i in range(n):
+        await c_price("x" * (i % 3))
+    return n
+
+
+async def test_long_history_warns_once(
+    make_engine: EngineFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = make_engine(workflows=[c_long], activities=[c_price], history_warning=20)
+    with caplog.at_level("WARNING", logger="stalwart.runtime"):
+        async with engine:
+            assert await c_long.run(engine, 30, id="long", timeout=10) == 30
+    warnings = [r for r in caplog.records if "consider ctx.continue_as_new()" in r.message]
+    assert len(warnings) == 1 and "'long'" not in warnings[0].message
