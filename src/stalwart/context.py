@@ -102,6 +102,7 @@ class WorkflowContext:
         Derived from the run id and a counter of its own, so adding ``random()`` calls
         does not shift the ids a workflow generates.
         """
+        self._run.check_not_querying("ctx.uuid()")
         self._uuid_count += 1
         digest = hashlib.sha256(f"{self.run_id}:uuid:{self._uuid_count}".encode()).digest()
         return _uuid.UUID(bytes=digest[:16], version=4)
@@ -303,7 +304,7 @@ class WorkflowContext:
         def deliver(payload: Any) -> None:
             args = sig.decode_args(self._converter, [payload] if sig.params else [])
             if is_async:
-                self._run.loop.create_task(handler(*args))
+                self._run.spawn(handler(*args))
             else:
                 handler(*args)
 
@@ -361,7 +362,7 @@ class WorkflowContext:
                 validator(*values)
 
         def start(update_id: str, args: list[Any]) -> None:
-            self._run.loop.create_task(self._run_update(update_id, handler, sig, args))
+            self._run.spawn(self._run_update(update_id, handler, sig, args))
 
         self._run.update_handlers[name] = UpdateHandler(validate, start)
 

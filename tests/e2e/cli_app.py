@@ -31,4 +31,35 @@ async def wait_for_go(ctx: WorkflowContext, label: str) -> dict[str, Any]:
     return {"label": loud, "payload": payload}
 
 
+@workflow
+async def counter(ctx: WorkflowContext, start: int) -> int:
+    """Count up through ``add`` updates (refusing non-positive steps) until ``stop``."""
+    value = start
+    stopped = False
+    ctx.upsert_search_attributes({"kind": "counter", "start": start})
+
+    @ctx.query_handler("value")
+    def current() -> int:
+        return value
+
+    def positive(step: int) -> None:
+        if step <= 0:
+            raise ValueError("step must be positive")
+
+    @ctx.update_handler("add", validator=positive)
+    async def add(step: int) -> int:
+        nonlocal value
+        value += step
+        await shout(f"added {step}")
+        return value
+
+    @ctx.signal_handler("stop")
+    def stop() -> None:
+        nonlocal stopped
+        stopped = True
+
+    await ctx.wait_condition(lambda: stopped)
+    return value
+
+
 engine = Engine(os.environ.get("CLI_APP_DB"))

@@ -242,7 +242,7 @@ async def test_context_values_are_stable_across_replay(
 @workflow(name="d_no_io")
 async def d_no_io(ctx: WorkflowContext) -> str:
     try:
-        await asyncio.to_thread(print, "x")
+        await asyncio.to_thread(print, "x")  # stalwart: ignore[SW006]
     except RuntimeError as exc:
         return str(exc)
     return "allowed"

@@ -110,6 +110,8 @@ async def test_signal_handlers_queries_and_updates(
         assert await h.query("summary") == "zoe: 2 items, total 8"  # answered by replay
         kinds = [e.kind for e in await h.history()]
         assert kinds.count("UpdateAccepted") == 2 and kinds.count("UpdateCompleted") == 2
+        # The update handler's activity calls were durable calls, recorded in history.
+        assert kinds.count("ActivityScheduled") == 2 and kinds.count("ActivityCompleted") == 2
 
 
 @activity

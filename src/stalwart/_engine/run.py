@@ -233,8 +233,7 @@ class WorkflowRun:
         self, name: str, input: list[JSON], options: dict[str, JSON]
     ) -> asyncio.Future[JSON]:
         """Issue an ActivityScheduled command; the future gets the JSON result."""
-        cmd = self._next_cmd
-        self._next_cmd += 1
+        cmd = self._take_cmd()
         self._emit(ev.ActivityScheduled(cmd=cmd, name=name, input=input, options=options))
         fut: asyncio.Future[JSON] = self.loop.create_future()
         self.activities[cmd] = PendingActivity(cmd, name, input, options, fut, self._now)
@@ -243,8 +242,7 @@ class WorkflowRun:
 
     def side_effect(self, compute: Callable[[], JSON]) -> JSON:
         """Record (live) or return the recorded (replay) value of ``compute()``."""
-        cmd = self._next_cmd
-        self._next_cmd += 1
+        cmd = self._take_cmd()
         if self.is_replaying:
             recorded = self._match(ev.SideEffectRecorded(cmd=cmd, value=None))
             assert isinstance(recorded, ev.SideEffectRecorded)
@@ -289,8 +287,7 @@ class WorkflowRun:
         self, child_id: str, name: str, version: int, input: list[JSON], parent_close: str
     ) -> ChildState:
         """Issue a ChildWorkflowStarted command; the state's future gets its completion."""
-        cmd = self._next_cmd
-        self._next_cmd += 1
+        cmd = self._take_cmd()
         self._emit(
             ev.ChildWorkflowStarted(
                 cmd=cmd,
@@ -308,14 +305,12 @@ class WorkflowRun:
 
     def signal_external(self, target_id: str, name: str, payload: JSON) -> None:
         """Issue an ExternalSignalSent command (the signal is sent with the next write)."""
-        cmd = self._next_cmd
-        self._next_cmd += 1
+        cmd = self._take_cmd()
         self._emit(ev.ExternalSignalSent(cmd=cmd, target_id=target_id, name=name, payload=payload))
 
     def cancel_external(self, target_id: str, reason: str) -> None:
         """Issue an ExternalCancelRequested command."""
-        cmd = self._next_cmd
-        self._next_cmd += 1
+        cmd = self._take_cmd()
         self._emit(ev.ExternalCancelRequested(cmd=cmd, target_id=target_id, reason=reason))
 
     def open_children(self) -> list[ChildState]:
@@ -393,8 +388,7 @@ class WorkflowRun:
 
     # -- internals ---------------------------------------------------------------------
     def _new_timer(self, fire_at: float, on_fire: Callable[[], None]) -> int:
-        cmd = self._next_cmd
-        self._next_cmd += 1
+        cmd = self._take_cmd()
         recorded = self._emit(ev.TimerStarted(cmd=cmd, fire_at=fire_at))
         assert isinstance(recorded, ev.TimerStarted)
         self.timers[cmd] = PendingTimer(cmd, recorded.fire_at, on_fire)
@@ -409,10 +403,18 @@ class WorkflowRun:
         if fut.cancelled():
             self.activities.pop(cmd, None)
 
-    def _start_main(self) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task of this workflow (handlers started by incoming events)."""
+        return self.loop.create_task(coro, context=self._workflow_context())
+
+    def _workflow_context(self) -> contextvars.Context:
         context = contextvars.copy_context()
         if self._context_var is not None:
             context.run(self._context_var.set, self.context)
+        return context
+
+    def _start_main(self) -> None:
+        context = self._workflow_context()
         self._main = self.loop.create_task(
             self._entry(self.context), name=self.instance_id, context=context
         )
@@ -557,13 +559,24 @@ class WorkflowRun:
         else:
             raise ValueError(f"{event.kind} is not an incoming event")
 
-    def _emit(self, event: ev.Event) -> ev.Event:
-        """Record a command (live) or check it against history (replay)."""
+    def _take_cmd(self) -> int:
+        """The next command number (refused inside queries: they must change nothing)."""
+        self.check_not_querying("a durable call")
+        cmd = self._next_cmd
+        self._next_cmd += 1
+        return cmd
+
+    def check_not_querying(self, what: str) -> None:
+        """Refuse ``what`` inside a query handler or update validator."""
         if self._querying:
             raise RuntimeError(
-                f"{event.describe()} inside a query handler or update validator: they may "
-                "read the workflow's state but not change it"
+                f"{what} inside a query handler or update validator: they may read the "
+                "workflow's state but not change it"
             )
+
+    def _emit(self, event: ev.Event) -> ev.Event:
+        """Record a command (live) or check it against history (replay)."""
+        self.check_not_querying(event.describe())
         if self._diverged is not None or self._closing:
             raise _Diverged()
         if self.is_replaying:

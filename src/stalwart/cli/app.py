@@ -1,10 +1,12 @@
 """The ``stalwart`` Typer application: arguments, options and help text."""
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from stalwart.cli import commands
+from stalwart import Engine
+from stalwart.cli import commands, ops
 from stalwart.cli.errors import guarded, run_async
 from stalwart.cli.loader import DEFAULT_DB, client_engine, worker_engine
 from stalwart.cli.logs import configure_logging
@@ -138,18 +140,40 @@ def describe(instance_id: Id, db: Db = None, app_spec: App = None, as_json: Json
 def list_(
     status: Annotated[str | None, typer.Option("--status", "-s", help="Only this status.")] = None,
     name: Annotated[str | None, typer.Option("--name", "-n", help="Only this workflow.")] = None,
+    version: Annotated[int | None, typer.Option("--version", help="Only this version.")] = None,
+    parent: Annotated[str | None, typer.Option("--parent", help="Children of this id.")] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Created at or after (ISO 8601, UTC default).")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="Created before (ISO 8601, UTC default).")
+    ] = None,
+    search: Annotated[
+        list[str] | None,
+        typer.Option("--search", metavar="KEY=JSON", help="Search attribute equality (repeat)."),
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", "-l", help="Page size.")] = 50,
     cursor: Annotated[str | None, typer.Option(help="Cursor of the page to show.")] = None,
     db: Db = None,
     app_spec: App = None,
     as_json: Json = False,
 ) -> None:
-    """List instances, newest first."""
+    """List instances, newest first, with filters."""
     _client(
         db,
         app_spec,
         lambda e: commands.list_instances(
-            e, status=status, name=name, limit=limit, cursor=cursor, as_json=as_json
+            e,
+            status=status,
+            name=name,
+            limit=limit,
+            cursor=cursor,
+            as_json=as_json,
+            version=version,
+            parent=parent,
+            since=since,
+            until=until,
+            search=search or [],
         ),
     )
 
@@ -210,3 +234,130 @@ def terminate(
 def resume(instance_id: Id, db: Db = None, app_spec: App = None, as_json: Json = False) -> None:
     """Retry a suspended instance on the current code."""
     _client(db, app_spec, lambda e: commands.resume(e, instance_id, as_json=as_json))
+
+
+@app.command()
+def lint(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(metavar="PATH", help="Files, and directories to search for *.py."),
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
+) -> None:
+    """Check workflow code for calls that make replay diverge (exit 1 if any are found).
+
+    The files are read, not imported, and no database is needed.
+
+    A `# stalwart: ignore[CODE]` comment silences a finding on its line.
+    """
+
+    def go() -> None:
+        exit_code = commands.lint(paths, as_json=as_json)
+        if exit_code:
+            raise typer.Exit(exit_code)
+
+    guarded(go)
+
+
+@app.command("check-compat")
+def check_compat(
+    target: Annotated[
+        str | None,
+        typer.Argument(metavar="MODULE:ENGINE", help="The app whose code to check."),
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Only this workflow.")] = None,
+    db: Db = None,
+    app_spec: App = None,
+    as_json: Json = False,
+) -> None:
+    """Replay every in-flight instance on the app's current code; list those that would
+    diverge (event index and the call that differs). Exit 1 if any would."""
+    code = 0
+
+    async def op(engine: Engine) -> None:
+        nonlocal code
+        code = await ops.check_compat(engine, name=name, as_json=as_json)
+
+    _client(db, target or app_spec, op)
+    raise typer.Exit(code)
+
+
+@app.command()
+def fork(
+    instance_id: Id,
+    from_step: Annotated[int, typer.Option("--from-step", min=0, help="First step to re-run.")],
+    new_id: Annotated[str | None, typer.Option("--id", help="Id of the new instance.")] = None,
+    version: Annotated[int | None, typer.Option(help="Run the fork on this version.")] = None,
+    db: Db = None,
+    app_spec: App = None,
+    as_json: Json = False,
+) -> None:
+    """Start a new instance reusing the results before step N (#N in the history) and
+    re-executing the rest on the current code."""
+    _client(
+        db,
+        app_spec,
+        lambda e: ops.fork(
+            e, instance_id, from_step=from_step, new_id=new_id, version=version, as_json=as_json
+        ),
+    )
+
+
+@app.command()
+def bulk(
+    action: Annotated[str, typer.Argument(metavar="resume|cancel|fork")],
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Only this workflow.")] = None,
+    status: Annotated[str | None, typer.Option("--status", "-s", help="Only this status.")] = None,
+    version: Annotated[int | None, typer.Option(help="Only this version.")] = None,
+    reason: Reason = "",
+    from_step: Annotated[int, typer.Option("--from-step", min=0, help="For fork.")] = 0,
+    db: Db = None,
+    app_spec: App = None,
+    as_json: Json = False,
+) -> None:
+    """Resume, cancel or fork every instance matching the filters."""
+    _client(
+        db,
+        app_spec,
+        lambda e: ops.bulk(
+            e,
+            action,
+            name=name,
+            status=status,
+            version=version,
+            reason=reason,
+            from_step=from_step,
+            as_json=as_json,
+        ),
+    )
+
+
+@app.command()
+def query(
+    instance_id: Id,
+    name: Annotated[str, typer.Argument(help="Query handler name.")],
+    args: Annotated[str, typer.Argument(metavar="JSON", help="JSON list of arguments.")] = "[]",
+    db: Db = None,
+    app_spec: App = None,
+    as_json: Json = False,
+) -> None:
+    """Ask a query handler (needs --app: queries replay the workflow's code here)."""
+    _client(db, app_spec, lambda e: ops.query(e, instance_id, name, args, as_json=as_json))
+
+
+@app.command()
+def update(
+    instance_id: Id,
+    name: Annotated[str, typer.Argument(help="Update handler name.")],
+    args: Annotated[str, typer.Argument(metavar="JSON", help="JSON list of arguments.")] = "[]",
+    timeout: Annotated[float | None, typer.Option(help="Seconds to wait for the result.")] = 30,
+    db: Db = None,
+    app_spec: App = None,
+    as_json: Json = False,
+) -> None:
+    """Send an update and print the handler's result."""
+    _client(
+        db,
+        app_spec,
+        lambda e: ops.update(e, instance_id, name, args, timeout=timeout, as_json=as_json),
+    )

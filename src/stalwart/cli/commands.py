@@ -6,11 +6,14 @@ import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
 
 from stalwart import Engine, WorkflowHandle
+from stalwart import lint as determinism
 from stalwart.cli import render
 from stalwart.cli.errors import EXIT_USAGE, CliError
 from stalwart.cli.loader import engine_url
@@ -132,9 +135,24 @@ async def list_instances(
     limit: int,
     cursor: str | None,
     as_json: bool,
+    version: int | None = None,
+    parent: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    search: list[str] | None = None,
 ) -> None:
     """Print a page of instances, newest first, and the cursor of the next page."""
-    page = await engine.list(name=name, status=status, limit=limit, cursor=cursor)
+    page = await engine.list(
+        name=name,
+        status=status,
+        limit=limit,
+        cursor=cursor,
+        version=version,
+        parent=parent,
+        created_after=_when(since, "--since"),
+        created_before=_when(until, "--until"),
+        search=_search(search or []),
+    )
     if as_json:
         render.emit_json(render.list_data(page))
         return
@@ -145,6 +163,29 @@ async def list_instances(
         out.print(render.list_table(page))
     if page.next_cursor is not None:
         out.print(f"next page: --cursor {escape(page.next_cursor)}", soft_wrap=True)
+
+
+def _when(text: str | None, what: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"{what}: {text!r} is not an ISO 8601 date or time") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _search(pairs: list[str]) -> dict[str, Any] | None:
+    found: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--search takes KEY=JSON, got {pair!r}")
+        try:
+            found[key] = json.loads(raw)
+        except ValueError:
+            found[key] = raw  # a bare word is a string
+    return found or None
 
 
 async def history(engine: Engine, instance_id: str, *, as_json: bool) -> None:
@@ -200,3 +241,22 @@ async def _report(handle: WorkflowHandle[Any], action: str, verb: str, as_json: 
         render.emit_json({"id": handle.id, "action": action, "status": current})
     else:
         _say(f"{verb} {escape(repr(handle.id))} (status: {current})")
+
+
+def lint(paths: list[Path], *, as_json: bool) -> int:
+    """Check the workflows in ``paths`` for non-determinism; the exit code (1: findings).
+
+    Needs no engine or database: the files are read, never imported.
+    """
+    try:
+        files = determinism.python_files(paths)
+    except FileNotFoundError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    findings = determinism.lint_files(files)
+    if as_json:
+        render.emit_json([finding.to_dict() for finding in findings])
+    else:
+        for finding in findings:
+            echo(finding.format())
+        echo(determinism.summary(findings, len(files)))
+    return 1 if findings else 0

@@ -95,6 +95,10 @@ def description_data(desc: WorkflowDescription) -> dict[str, Any]:
         "owner": desc.owner,
         "history_length": desc.history_length,
         "wake_at": desc.wake_at.isoformat() if desc.wake_at is not None else None,
+        "parent_id": desc.parent_id,
+        "children": desc.children,
+        "search_attributes": desc.search_attributes,
+        "unserved": desc.unserved,
     }
 
 
@@ -116,7 +120,15 @@ def describe_table(desc: WorkflowDescription) -> Table:
         ("history length", str(desc.history_length)),
         ("wake at", fmt_time(desc.wake_at, millis=True)),
         ("error", error_summary(desc.error)),
+        ("parent", desc.parent_id or "-"),
+        ("children", ", ".join(desc.children) or "-"),
+        (
+            "search attributes",
+            ", ".join(f"{k}={v}" for k, v in desc.search_attributes.items()) or "-",
+        ),
     ]
+    if desc.unserved:
+        rows.append(("unserved", Text(desc.unserved, style="bold yellow")))
     for field, value in rows:
         table.add_row(field, value)
     return table
@@ -149,7 +161,9 @@ def list_table(page: WorkflowList) -> Table:
             status_text(d.status),
             fmt_time(d.created_at),
             fmt_time(d.updated_at),
-            d.current_step or "-",
+            Text(f"UNSERVED: {d.unserved}", style="yellow")
+            if d.unserved
+            else (d.current_step or "-"),
         )
     return table
 
