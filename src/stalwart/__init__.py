@@ -25,6 +25,7 @@ from stalwart.errors import ActivityCancelledError as ActivityCancelledError
 from stalwart.errors import ActivityError as ActivityError
 from stalwart.errors import Cancelled as Cancelled
 from stalwart.errors import ChildWorkflowError as ChildWorkflowError
+from stalwart.errors import CompensatedError as CompensatedError
 from stalwart.errors import ConfigurationError as ConfigurationError
 from stalwart.errors import EncodingError as EncodingError
 from stalwart.errors import LeaseLostError as LeaseLostError
@@ -42,6 +43,11 @@ from stalwart.errors import WorkflowNotRegisteredError as WorkflowNotRegisteredE
 from stalwart.errors import WorkflowTimeoutError as WorkflowTimeoutError
 from stalwart.retry import RetryPolicy as RetryPolicy
 from stalwart.runtime.worker import WorkerOptions as WorkerOptions
+from stalwart.saga import SagaScope as SagaScope
+from stalwart.saga import Step as Step
+from stalwart.saga_class import Saga as Saga
+from stalwart.saga_class import saga_step as saga_step
+from stalwart.steps import StepInfo as StepInfo
 
 __version__ = "0.1.0"
 
@@ -53,6 +59,7 @@ __all__ = [
     "Cancelled",
     "ChildWorkflowError",
     "Codec",
+    "CompensatedError",
     "ConfigurationError",
     "EncodingError",
     "Engine",
@@ -63,7 +70,11 @@ __all__ = [
     "NonRetryableError",
     "Registry",
     "RetryPolicy",
+    "Saga",
+    "SagaScope",
     "StalwartError",
+    "Step",
+    "StepInfo",
     "StoreError",
     "UnknownHandlerError",
     "UpdateFailedError",
@@ -84,5 +95,6 @@ __all__ = [
     "activity",
     "activity_context",
     "default_registry",
+    "saga_step",
     "workflow",
 ]

@@ -6,10 +6,12 @@ import asyncio
 import builtins
 import contextlib
 import dataclasses
+import inspect
+import logging
 import signal
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -45,10 +47,13 @@ from stalwart.errors import (
 )
 from stalwart.ids import validate_instance_id
 from stalwart.operations import CompatReport, bulk, check_compat, fork
+from stalwart.retry import RetryPolicy
 from stalwart.runtime.clock import Clock, RealClock
 from stalwart.runtime.committer import GroupCommitter
 from stalwart.runtime.instance import build_instance
 from stalwart.runtime.worker import Worker, WorkerOptions, update_key
+from stalwart.saga import ALERT_ACTIVITY
+from stalwart.steps import StepInfo, steps_from_history
 from stalwart.store import open_store
 from stalwart.store.base import (
     ALL_STATUSES,
@@ -56,14 +61,17 @@ from stalwart.store.base import (
     CreateInstance,
     InstanceRecord,
     ListFilter,
+    Reopen,
     Resume,
     SendMessage,
     Store,
     Terminate,
     WorkerRecord,
 )
+from stalwart.webhook import post_json
 
 R = TypeVar("R")
+logger = logging.getLogger("stalwart")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +90,7 @@ class WorkflowDescription:
     owner: str | None
     history_length: int
     wake_at: datetime | None
+    needs_intervention: bool = False
     parent_id: str | None = None
     children: list[str] = dataclasses.field(default_factory=list)
     search_attributes: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -109,6 +118,7 @@ class WorkflowDescription:
             history_length=rec.history_len,
             wake_at=_dt(rec.wake_at) if rec.wake_at is not None else None,
             parent_id=rec.parent_id,
+            needs_intervention=rec.needs_intervention,
             search_attributes=dict(rec.search_attributes or {}),
             unserved=_unserved(rec, workers),
         )
@@ -167,9 +177,20 @@ class Engine:
         codec: Codec | None = None,
         options: WorkerOptions | None = None,
         clock: Clock | None = None,
+        alert_hook: Callable[[dict[str, Any]], Any] | None = None,
+        alert_webhook: str | None = None,
     ) -> None:
         self.url = url
+        self.alert_hook = alert_hook
+        self.alert_webhook = alert_webhook
         self.registry = _build_registry(workflows, activities)
+        self.registry.replace_activity(
+            ActivityDefinition(
+                self._fire_alert,
+                name=ALERT_ACTIVITY,
+                retry=RetryPolicy(max_attempts=5, initial_interval=1.0),
+            )
+        )
         self.converter = TypeConverter()
         self.options = options or WorkerOptions()
         self.clock: Clock = clock or RealClock()
@@ -434,6 +455,23 @@ class Engine:
         now = self.store.now()
         return [w for w in await self.store.list_workers() if w.expires_at >= now]
 
+    async def _fire_alert(self, alert: dict[str, Any]) -> None:
+        """Run the saga alert hooks (the ``stalwart.saga_alert`` activity of this engine)."""
+        if self.alert_hook is not None:
+            outcome = self.alert_hook(alert)
+            if inspect.isawaitable(outcome):
+                await outcome
+        if self.alert_webhook is not None:
+            await asyncio.to_thread(post_json, self.alert_webhook, alert)
+        if self.alert_hook is None and self.alert_webhook is None:
+            logger.error(
+                "saga %s needs intervention: compensation %r of step #%s failed: %s",
+                alert.get("instance_id"),
+                alert.get("compensation"),
+                alert.get("step"),
+                (alert.get("error") or {}).get("message"),
+            )
+
     # -- internal notifications ----------------------------------------------------------
     def _instance_closed(self, instance_id: str) -> None:
         event = self._closed_events.get(instance_id)
@@ -682,6 +720,22 @@ class WorkflowHandle(Generic[R]):
             yield inst.run
         finally:
             inst.run.close()
+
+    async def steps(self) -> builtins.list[StepInfo]:
+        """Each step (activity call) of the current run with its status (``pending``,
+        ``running``, ``completed``, ``failed``, ``compensating``, ``compensated``,
+        ``skipped``), attempts, timings, result or error, and its compensation."""
+        return steps_from_history(await self.history())
+
+    async def retry_compensation(self) -> bool:
+        """Resume a saga parked as ``failed`` with ``needs_intervention`` (after fixing the
+        cause): its compensation is retried. False if it was not parked."""
+        outcome = await self.engine.committer.submit(Reopen(self.id))
+        if outcome.error == "not_found":
+            raise WorkflowNotFoundError(self.id)
+        if outcome.ok and self.engine.worker is not None:
+            self.engine.worker.kick()
+        return outcome.ok
 
     async def fork(
         self, from_step: int, *, id: str | None = None, version: int | None = None

@@ -20,8 +20,15 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
 
 from stalwart._engine.run import ChildState, ContinueAsNew, UpdateHandler, WorkflowRun
 from stalwart.codec import Signature, TypeConverter
-from stalwart.errors import ChildWorkflowError, ConfigurationError, error_info
+from stalwart.errors import (
+    Cancelled,
+    ChildWorkflowError,
+    CompensatedError,
+    ConfigurationError,
+    error_info,
+)
 from stalwart.retry import RetryPolicy, as_seconds
+from stalwart.saga import SagaScope, Step
 
 if TYPE_CHECKING:
     from stalwart.decorators import ActivityDefinition, WorkflowDefinition
@@ -80,6 +87,8 @@ class WorkflowContext:
         """The registered name of the running workflow."""
         self._converter = converter
         self._signature = signature
+        self._saga: SagaScope | None = None
+        self._root_saga: SagaScope | None = None
         self._uuid_count = 0
         self._random: _random.Random | None = None
         self.log: logging.LoggerAdapter[logging.Logger] = _ReplaySafeLogger(
@@ -244,6 +253,47 @@ class WorkflowContext:
             raise ConfigurationError("continue_as_new() is not available in this context")
         data = self._signature.encode_args(self._converter, args, kwargs)
         raise ContinueAsNew(data)
+
+    # -- sagas ------------------------------------------------------------------------
+    def saga(self) -> SagaScope:
+        """A saga scope: ``async with ctx.saga():``.
+
+        Inside it, every activity declared with ``@activity(compensate=undo)`` that
+        completes registers ``undo``; if the block fails or the workflow is cancelled, the
+        registered compensations run durably in reverse completion order and
+        :class:`CompensatedError` is raised (the run ends ``compensated``).
+        """
+        return SagaScope(self)
+
+    def step(self, fn: ActivityDefinition[Any, T], *args: Any, **kwargs: Any) -> Step[T]:
+        """A saga step built fluently:
+        ``await ctx.step(charge, card).compensate(refund).timeout(30).retry(policy)``.
+
+        Outside an explicit ``ctx.saga()`` block, steps belong to the workflow's own saga:
+        if the workflow then fails or is cancelled, they are compensated.
+        """
+        from stalwart.decorators import ActivityDefinition
+
+        if not isinstance(fn, ActivityDefinition):
+            raise ConfigurationError(f"ctx.step() takes an @activity function, got {fn!r}")
+        return Step(self, fn, args, kwargs)
+
+    async def run_main(self, main: Coroutine[Any, Any, T]) -> T:
+        """Run the workflow function inside its root saga (used by the runtime)."""
+        root = self._root_saga = SagaScope(self)
+        try:
+            return await main
+        except (Exception, Cancelled) as exc:
+            if not root.has_steps or isinstance(exc, CompensatedError):
+                raise
+            reason = (
+                f"cancelled: {exc.reason}"
+                if isinstance(exc, Cancelled)
+                else (f"{type(exc).__name__}: {exc}")
+            )
+            await root.settle_running()
+            await root.compensate(reason)
+            raise CompensatedError(reason, error_info(exc)) from exc
 
     # -- waiting ----------------------------------------------------------------------
     async def wait_condition(
@@ -427,8 +477,12 @@ class WorkflowContext:
         timeout: float | timedelta | None = None,
         heartbeat_timeout: float | timedelta | None = None,
         schedule_to_close: float | timedelta | None = None,
+        cmd_holder: list[int] | None = None,
     ) -> Coroutine[Any, Any, T]:
-        """Encode the arguments now (errors surface at the call site), schedule on await."""
+        """Encode the arguments now (errors surface at the call site), schedule on await.
+
+        ``cmd_holder`` receives the call's command number once it is scheduled.
+        """
         data = defn.signature.encode_args(self._converter, args, kwargs)
         options = defn.options_data(
             retry=retry,
@@ -436,11 +490,17 @@ class WorkflowContext:
             heartbeat_timeout=as_seconds(heartbeat_timeout, "heartbeat timeout"),
             schedule_to_close=as_seconds(schedule_to_close, "schedule-to-close timeout"),
         )
-        return self._await_activity(defn, data, options)
+        return self._await_activity(defn, data, options, cmd_holder)
 
     async def _await_activity(
-        self, defn: ActivityDefinition[Any, T], data: list[Any], options: dict[str, Any]
+        self,
+        defn: ActivityDefinition[Any, T],
+        data: list[Any],
+        options: dict[str, Any],
+        cmd_holder: list[int] | None,
     ) -> T:
+        if cmd_holder is not None:
+            cmd_holder.append(self._run.next_cmd)
         fut = self._run.schedule_activity(defn.name, data, options)
         result = await fut
         value: T = defn.signature.decode_result(self._converter, result)

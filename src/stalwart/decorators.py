@@ -16,6 +16,7 @@ from stalwart.codec import Signature
 from stalwart.context import WorkflowContext, current_workflow_context
 from stalwart.errors import ConfigurationError
 from stalwart.retry import RetryPolicy, as_seconds
+from stalwart.saga import CompensateWith, check_compensation, run_step
 
 if TYPE_CHECKING:
     from stalwart.client import Engine, WorkflowHandle
@@ -134,6 +135,9 @@ class ActivityDefinition(Generic[P, R]):
         timeout: float | timedelta | None = None,
         heartbeat_timeout: float | timedelta | None = None,
         schedule_to_close: float | timedelta | None = None,
+        compensate: ActivityDefinition[Any, Any] | None = None,
+        compensate_with: CompensateWith = "result",
+        compensate_on_failure: bool = False,
     ) -> None:
         if not callable(fn):
             raise ConfigurationError(f"@activity decorates a function, got {fn!r}")
@@ -150,6 +154,15 @@ class ActivityDefinition(Generic[P, R]):
         self.schedule_to_close = as_seconds(
             schedule_to_close, f"@activity {self.name!r} schedule_to_close"
         )
+        if compensate is not None:
+            check_compensation(compensate, f"@activity {self.name!r}")
+        if compensate_with not in ("result", "input", "both", "nothing"):
+            raise ConfigurationError(
+                f"compensate_with must be result, input, both or nothing, got {compensate_with!r}"
+            )
+        self.compensate = compensate
+        self.compensate_with: CompensateWith = compensate_with
+        self.compensate_on_failure = compensate_on_failure
         self.is_async = inspect.iscoroutinefunction(fn)
         self.signature = Signature(fn, skip_first=False, label=self.name)
         self.__doc__ = fn.__doc__
@@ -183,6 +196,17 @@ class ActivityDefinition(Generic[P, R]):
         ctx = current_workflow_context()
         if ctx is None:
             return self.fn(*args, **kwargs)
+        if self.compensate is not None and ctx._saga is not None:
+            return run_step(
+                ctx,
+                ctx._saga,
+                self,
+                args,
+                kwargs,
+                undo=self.compensate,
+                with_=self.compensate_with,
+                on_failure=self.compensate_on_failure,
+            )
         return ctx.call_activity(self, args, kwargs)
 
     def __repr__(self) -> str:
@@ -201,6 +225,9 @@ def activity(
     timeout: float | timedelta | None = None,
     heartbeat_timeout: float | timedelta | None = None,
     schedule_to_close: float | timedelta | None = None,
+    compensate: ActivityDefinition[Any, Any] | None = None,
+    compensate_with: CompensateWith = "result",
+    compensate_on_failure: bool = False,
 ) -> Callable[[Callable[P, R]], ActivityDefinition[P, R]]: ...
 
 
@@ -213,6 +240,9 @@ def activity(
     timeout: float | timedelta | None = None,
     heartbeat_timeout: float | timedelta | None = None,
     schedule_to_close: float | timedelta | None = None,
+    compensate: ActivityDefinition[Any, Any] | None = None,
+    compensate_with: CompensateWith = "result",
+    compensate_on_failure: bool = False,
 ) -> ActivityDefinition[P, R] | Callable[[Callable[P, R]], ActivityDefinition[P, R]]:
     """Declare an activity; usable bare (``@activity``) or with options.
 
@@ -220,7 +250,9 @@ def activity(
     ``timeout`` bounds each attempt (start-to-close), in seconds or as a ``timedelta``;
     ``heartbeat_timeout`` fails an attempt that stays silent (no
     ``activity_context().heartbeat()``) that long; ``schedule_to_close`` bounds the
-    whole call, retries included.
+    whole call, retries included. ``compensate`` names the activity that undoes this one
+    inside a saga (it receives this call's result, or its ``input``, or ``both``, per
+    ``compensate_with``); ``compensate_on_failure`` undoes even a failed call.
     Sync functions run in a thread pool, async ones on the worker's event loop.
     """
 
@@ -232,6 +264,9 @@ def activity(
             timeout=timeout,
             heartbeat_timeout=heartbeat_timeout,
             schedule_to_close=schedule_to_close,
+            compensate=compensate,
+            compensate_with=compensate_with,
+            compensate_on_failure=compensate_on_failure,
         )
         default_registry.add_activity(defn)
         return defn

@@ -16,6 +16,7 @@ Every error raised by Stalwart derives from :class:`StalwartError` and carries a
     ├── ChildWorkflowError          a child workflow did not complete (seen in the parent)
     ├── UnknownHandlerError         no query/update handler of that name
     ├── UpdateFailedError           an update was rejected by its validator or failed
+    ├── CompensatedError            a saga failed and undid its steps (ends "compensated")
     ├── NonRetryableError           raise it from an activity to stop retries
     ├── NonDeterminismError         replay diverged from the recorded history
     ├── LeaseLostError              a worker's write was fenced off by a newer owner
@@ -194,6 +195,21 @@ class UpdateFailedError(StalwartError):
         self.error_type = error_type
         self.message = message
         self.rejected = rejected
+
+
+class CompensatedError(StalwartError):
+    """A saga failed (or was cancelled) and undid its completed steps.
+
+    Raised out of a saga scope once compensation finished; if it leaves the workflow, the
+    run ends with status ``compensated``. ``cause`` describes the original failure.
+    """
+
+    code = "compensated"
+
+    def __init__(self, reason: str, cause: dict[str, Any] | None = None) -> None:
+        super().__init__(f"saga compensated: {reason}")
+        self.reason = reason
+        self.cause = cause
 
 
 class NonRetryableError(StalwartError):

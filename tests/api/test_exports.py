@@ -15,6 +15,7 @@ EXPECTED = {
     "Cancelled",
     "ChildWorkflowError",
     "Codec",
+    "CompensatedError",
     "ConfigurationError",
     "EncodingError",
     "Engine",
@@ -25,7 +26,11 @@ EXPECTED = {
     "NonRetryableError",
     "Registry",
     "RetryPolicy",
+    "Saga",
+    "SagaScope",
     "StalwartError",
+    "Step",
+    "StepInfo",
     "StoreError",
     "UnknownHandlerError",
     "UpdateFailedError",
@@ -46,6 +51,7 @@ EXPECTED = {
     "activity",
     "activity_context",
     "default_registry",
+    "saga_step",
     "workflow",
 }
 

@@ -6,6 +6,7 @@
 -- migration 2: 0002_worker_serves.sql
 -- migration 3: 0003_parent_index.sql
 -- migration 4: 0004_search_attributes.sql
+-- migration 5: 0005_sagas.sql
 
 -- index inbox_instance (on inbox)
 CREATE INDEX inbox_instance ON inbox (instance_id, id);
@@ -15,7 +16,7 @@ CREATE INDEX instances_created ON instances (created_at, id);
 
 -- index instances_due (on instances)
 CREATE INDEX instances_due ON instances (wake_at)
-    WHERE owner IS NULL AND status IN ('pending', 'running');
+    WHERE owner IS NULL AND status IN ('pending', 'running', 'compensating');
 
 -- index instances_name_status (on instances)
 CREATE INDEX instances_name_status ON instances (name, status, created_at);
@@ -74,7 +75,7 @@ CREATE TABLE instances (
     history_len  INTEGER NOT NULL,
     current_step TEXT,
     parent_id    TEXT
-, search_attributes TEXT);
+, search_attributes TEXT, needs_intervention INTEGER NOT NULL DEFAULT 0);
 
 -- table sqlite_sequence (on sqlite_sequence)
 CREATE TABLE sqlite_sequence(name,seq);

@@ -271,6 +271,68 @@ class SearchAttributesUpserted(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class CompensationStarted(Event):
+    """A saga began undoing step ``step`` (the command number of the step's activity)."""
+
+    kind: ClassVar[str] = "CompensationStarted"
+    is_command: ClassVar[bool] = True
+    step: int
+    name: str
+    reason: str = ""
+
+    def describe(self) -> str:
+        return f"CompensationStarted(step #{self.step} {self.name!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class StepCompensated(Event):
+    """Step ``step`` was undone (its compensation completed)."""
+
+    kind: ClassVar[str] = "StepCompensated"
+    is_command: ClassVar[bool] = True
+    step: int
+    name: str
+
+    def describe(self) -> str:
+        return f"StepCompensated(step #{self.step} {self.name!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class CompensationFailed(Event):
+    """Undoing step ``step`` failed after its retries; an operator must intervene."""
+
+    kind: ClassVar[str] = "CompensationFailed"
+    is_command: ClassVar[bool] = True
+    step: int
+    name: str
+    error: dict[str, JSON]
+
+    def describe(self) -> str:
+        return f"CompensationFailed(step #{self.step} {self.name!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class InterventionRequired(Event):
+    """The run is parked (status ``failed``, ``needs_intervention``) until reopened."""
+
+    kind: ClassVar[str] = "InterventionRequired"
+    is_command: ClassVar[bool] = True
+    step: int
+    name: str
+    error: dict[str, JSON]
+
+    def describe(self) -> str:
+        return f"InterventionRequired(step #{self.step} {self.name!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class InterventionResolved(Event):
+    """An operator reopened the parked run (``retry_compensation``)."""
+
+    kind: ClassVar[str] = "InterventionResolved"
+
+
+@dataclass(frozen=True, slots=True)
 class MarkerRecorded(Event):
     """A named marker, e.g. ``patch:<change id>`` from ``ctx.patched()``.
 
@@ -333,6 +395,16 @@ class WorkflowContinuedAsNew(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class WorkflowCompensated(Event):
+    """The run failed or was cancelled and every completed step was undone."""
+
+    kind: ClassVar[str] = "WorkflowCompensated"
+    is_command: ClassVar[bool] = True
+    reason: str
+    error: dict[str, JSON] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class WorkflowTerminated(Event):
     """An operator ended the run at once; no workflow code ran."""
 
@@ -368,12 +440,18 @@ EVENT_TYPES: dict[str, type[Event]] = {
         UpdateRejected,
         UpdateCompleted,
         SearchAttributesUpserted,
+        CompensationStarted,
+        StepCompensated,
+        CompensationFailed,
+        InterventionRequired,
+        InterventionResolved,
         MarkerRecorded,
         CancelRequested,
         WorkflowCompleted,
         WorkflowFailed,
         WorkflowCancelled,
         WorkflowContinuedAsNew,
+        WorkflowCompensated,
         WorkflowTerminated,
         WorkflowTimedOut,
     )
@@ -385,6 +463,7 @@ TERMINAL_EVENTS: dict[type[Event], str] = {
     WorkflowCancelled: "cancelled",
     WorkflowTerminated: "terminated",
     WorkflowTimedOut: "timed_out",
+    WorkflowCompensated: "compensated",
 }
 
 

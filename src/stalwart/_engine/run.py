@@ -29,7 +29,13 @@ from typing import Any
 
 from stalwart._engine import events as ev
 from stalwart._engine.loop import WorkflowLoop
-from stalwart.errors import ActivityError, NonDeterminismError, UnknownHandlerError, error_info
+from stalwart.errors import (
+    ActivityError,
+    CompensatedError,
+    NonDeterminismError,
+    UnknownHandlerError,
+    error_info,
+)
 
 JSON = Any
 
@@ -143,6 +149,8 @@ class WorkflowRun:
         self._conditions: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._querying = False
         self.search_attributes: dict[str, JSON] = {}
+        self.compensating = False
+        self.intervention: asyncio.Future[None] | None = None
         self._main: asyncio.Task[Any] | None = None
         self.outcome: RunOutcome | None = None
         self.cancel_requested: str | None = None
@@ -372,6 +380,21 @@ class WorkflowRun:
             if value is None:
                 self.search_attributes.pop(key, None)
 
+    def record(self, event: ev.Event) -> None:
+        """Record a saga bookkeeping command (CompensationStarted, StepCompensated...)."""
+        self._emit(event)
+        if isinstance(event, ev.CompensationStarted):
+            self.compensating = True
+
+    def await_intervention(
+        self, step: int, name: str, error: dict[str, JSON]
+    ) -> asyncio.Future[None]:
+        """Park the run until an operator reopens it; the future resolves then."""
+        self._emit(ev.InterventionRequired(step=step, name=name, error=error))
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self.intervention = fut
+        return fut
+
     def wait_signal(self, name: str) -> asyncio.Future[JSON]:
         """A future for the next signal called ``name`` (buffered ones are taken first)."""
         channel = self._signals.setdefault(name, _SignalChannel())
@@ -436,7 +459,10 @@ class WorkflowRun:
                 "continued", ev.WorkflowContinuedAsNew(input=exc.input, new_run_id=new_run_id)
             )
             return
-        if isinstance(exc, asyncio.CancelledError):
+        if isinstance(exc, CompensatedError):
+            event = ev.WorkflowCompensated(reason=exc.reason, error=exc.cause)
+            self._finish("compensated", event)
+        elif isinstance(exc, asyncio.CancelledError):
             self._finish("cancelled", ev.WorkflowCancelled(reason=self.cancel_requested or ""))
         elif exc is not None:
             self._finish("failed", ev.WorkflowFailed(error=error_info(exc)))
@@ -536,6 +562,10 @@ class WorkflowRun:
                 self.complete_update(event.update_id, None, error)
             else:
                 handler.start(event.update_id, event.args)
+        elif isinstance(event, ev.InterventionResolved):
+            fut, self.intervention = self.intervention, None
+            if fut is not None and not fut.done():
+                fut.set_result(None)
         elif isinstance(event, ev.UpdateRejected):
             pass  # recorded for the caller; the workflow's state is untouched
         elif isinstance(event, ev.SignalReceived) and event.name in self.signal_handlers:
@@ -635,6 +665,14 @@ def _same_command(recorded: ev.Event, issued: ev.Event) -> bool:
         return recorded.cmd == getattr(issued, "cmd", None) and recorded.target_id == getattr(
             issued, "target_id", None
         )
+    if isinstance(
+        recorded,
+        ev.CompensationStarted
+        | ev.StepCompensated
+        | ev.CompensationFailed
+        | ev.InterventionRequired,
+    ):
+        return recorded.step == getattr(issued, "step", None)
     if isinstance(recorded, ev.SearchAttributesUpserted):
         return recorded.attributes == getattr(issued, "attributes", None)
     if isinstance(recorded, ev.UpdateCompleted):

@@ -60,6 +60,8 @@ class LiveInstance:
         run = self.run
         if run.outcome is not None:
             return None
+        if run.intervention is not None and not run.intervention.done():
+            return "waiting for an operator (retry_compensation)"
         for act in run.activities.values():
             suffix = f", attempt {act.attempt}" if act.attempt > 1 else ""
             return f"activity {act.name!r} (#{act.cmd}{suffix})"
@@ -125,7 +127,7 @@ def build_instance(
         instance_id,
         started,
         start_time,
-        entry=lambda ctx: defn.fn(ctx, *args),
+        entry=lambda ctx: ctx.run_main(defn.fn(ctx, *args)),
         encode_result=encode_result,
         context_var=CONTEXT_VAR,
         make_context=make_context,

@@ -503,7 +503,7 @@ class Worker:
                 inbox_cursor=inst.inbox_cursor,
             )
             return False
-        if outcome is not None:
+        if outcome is not None or op.needs_intervention:
             self._drop(inst)
             self._on_closed(inst.id)
             return False
@@ -525,6 +525,8 @@ class Worker:
         search = None
         if run.search_attributes != inst.saved_search:
             search = dict(run.search_attributes)
+        if outcome is None and run.intervention is not None and not run.intervention.done():
+            return self._parked_commit(inst, new, events, effects, search)
         if outcome is None:
             wake = inst.next_wake()
             return AppendEvents(
@@ -539,6 +541,7 @@ class Worker:
                 current_step=inst.current_step(),
                 effects=effects,
                 search_attributes=search,
+                active_status="compensating" if run.compensating else None,
             )
         effects += self._parent_close_effects(inst)
         if isinstance(outcome.event, ev.WorkflowContinuedAsNew):
@@ -576,6 +579,34 @@ class Worker:
             status=outcome.status,
             output=output,
             error=error,
+            inbox_upto=inst.inbox_cursor,
+            effects=effects,
+            search_attributes=search,
+        )
+
+    def _parked_commit(
+        self,
+        inst: LiveInstance,
+        new: list[ev.Event],
+        events: list[tuple[float, ev.Event]],
+        effects: list[WriteOp],
+        search: dict[str, Any] | None,
+    ) -> AppendEvents:
+        """A saga whose compensation failed: status ``failed`` until an operator reopens it."""
+        parked = [e for e in new if isinstance(e, ev.InterventionRequired)]
+        details: dict[str, Any] = {"type": "CompensationFailed", "message": "compensation failed"}
+        if parked:
+            details = {**parked[-1].error, "step": parked[-1].step, "step_name": parked[-1].name}
+        details["needs_intervention"] = True
+        return AppendEvents(
+            inst.id,
+            self.id,
+            inst.epoch,
+            inst.seq,
+            events,
+            status="failed",
+            error=details,
+            needs_intervention=True,
             inbox_upto=inst.inbox_cursor,
             effects=effects,
             search_attributes=search,
@@ -729,6 +760,8 @@ def update_key(update_id: str) -> str:
 
 def inbox_event(msg: InboxMessage) -> ev.Event:
     """The history event that records an inbox message's delivery."""
+    if msg.kind == "intervention":
+        return ev.InterventionResolved()
     if msg.kind == "update":
         payload = msg.payload or {}
         return UpdateRequest(

@@ -20,9 +20,9 @@ from stalwart._engine.events import Event, HistoryEvent
 
 JSON = Any
 
-ACTIVE_STATUSES = ("pending", "running")
+ACTIVE_STATUSES = ("pending", "running", "compensating")
 """Statuses of instances that still have work to do (claimable by workers)."""
-TERMINAL_STATUSES = ("completed", "failed", "cancelled", "terminated", "timed_out")
+TERMINAL_STATUSES = ("completed", "failed", "cancelled", "terminated", "timed_out", "compensated")
 """Statuses of instances that have ended."""
 ALL_STATUSES = (*ACTIVE_STATUSES, "suspended", *TERMINAL_STATUSES)
 """Every instance status (``suspended`` = parked after a non-determinism error)."""
@@ -49,6 +49,8 @@ class InstanceRecord:
     current_step: str | None = None
     parent_id: str | None = None
     search_attributes: dict[str, JSON] | None = None
+    needs_intervention: bool = False
+    """A saga whose compensation could not finish: ``failed`` until an operator reopens it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +172,10 @@ class AppendEvents:
     ``running`` status; its current run becomes this one, with a fresh history."""
     search_attributes: dict[str, JSON] | None = None
     """When set, the instance's complete search attributes after this step."""
+    active_status: str | None = None
+    """A non-terminal status to show (``running`` or ``compensating``)."""
+    needs_intervention: bool = False
+    """With ``status="failed"``: the run is parked, not over; :class:`Reopen` resumes it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +213,15 @@ class Resume:
     instance_id: str
 
 
-WriteOp = CreateInstance | AppendEvents | SendMessage | Terminate | Suspend | Resume
+@dataclass(frozen=True, slots=True)
+class Reopen:
+    """Resume a run parked as ``failed`` with ``needs_intervention`` (an operator fixed the
+    cause): it becomes ``compensating`` and due now, with an ``intervention`` inbox message."""
+
+    instance_id: str
+
+
+WriteOp = CreateInstance | AppendEvents | SendMessage | Terminate | Suspend | Resume | Reopen
 """Any operation of a write batch."""
 
 CHILD_MESSAGE = "child"
@@ -242,7 +256,8 @@ class WriteOutcome:
     """The result of one operation in a write batch.
 
     ``error`` is ``None`` on success, else one of ``"conflict"`` (fenced or stale),
-    ``"not_found"``, ``"closed"`` (the instance already ended) or ``"not_suspended"``.
+    ``"not_found"``, ``"closed"`` (the instance already ended), ``"not_suspended"`` or
+    ``"not_parked"`` (Reopen of an instance that does not need intervention).
     ``record`` is the instance after the operation, where the operation reads it.
     """
 

@@ -25,6 +25,7 @@ from stalwart.store.base import (
     InstanceRecord,
     ListFilter,
     Page,
+    Reopen,
     Resume,
     SendMessage,
     StoreCapabilities,
@@ -93,7 +94,26 @@ class MemoryStore:
             return self._terminate(inst, op, now)
         if isinstance(op, Suspend):
             return self._suspend(inst, op, now)
+        if isinstance(op, Reopen):
+            return self._reopen(inst, now)
         return self._resume(inst, op, now)
+
+    def _reopen(self, inst: _Instance, now: float) -> WriteOutcome:
+        rec = inst.rec
+        if rec.status != "failed" or not rec.needs_intervention:
+            return WriteOutcome(False, "not_parked", record=rec)
+        self._next_message += 1
+        inst.inbox.append(InboxMessage(self._next_message, "intervention", "", None, now))
+        inst.rec = dataclasses.replace(
+            rec,
+            status="compensating",
+            needs_intervention=False,
+            owner=None,
+            wake_at=now,
+            updated_at=now,
+            error=None,
+        )
+        return WriteOutcome(True, record=inst.rec)
 
     def _create(self, op: CreateInstance, now: float) -> WriteOutcome:
         existing = self._instances.get(op.id)
@@ -156,7 +176,9 @@ class MemoryStore:
             )
             self._apply_effects(op, now)
             return WriteOutcome(True, record=inst.rec)
-        status = op.status or ("running" if rec.status == "pending" else rec.status)
+        status = (
+            op.status or op.active_status or ("running" if rec.status == "pending" else rec.status)
+        )
         inst.rec = dataclasses.replace(
             rec,
             status=status,
@@ -170,9 +192,11 @@ class MemoryStore:
             search_attributes=(
                 op.search_attributes if op.search_attributes is not None else rec.search_attributes
             ),
+            needs_intervention=op.needs_intervention and status == "failed",
         )
         self._apply_effects(op, now)
-        if status in TERMINAL_STATUSES and rec.parent_id is not None:
+        parked = op.needs_intervention
+        if status in TERMINAL_STATUSES and rec.parent_id is not None and not parked:
             self._notify_parent(rec.parent_id, rec.id, now, child_outcome(inst.rec))
         return WriteOutcome(True, record=inst.rec)
 

@@ -32,6 +32,7 @@ from stalwart.codec import Codec, JsonCodec
 from stalwart.errors import ConfigurationError, StoreError
 from stalwart.store.base import (
     CHILD_MESSAGE,
+    TERMINAL_STATUSES,
     AppendEvents,
     Claim,
     CreateInstance,
@@ -39,6 +40,7 @@ from stalwart.store.base import (
     InstanceRecord,
     ListFilter,
     Page,
+    Reopen,
     Resume,
     SendMessage,
     StoreCapabilities,
@@ -54,11 +56,12 @@ from stalwart.store.cursor import decode_cursor, encode_cursor
 from stalwart.store.migrations import load_migrations
 
 T = TypeVar("T")
-_ACTIVE = "('pending', 'running')"
-_TERMINAL = "('completed', 'failed', 'cancelled', 'terminated', 'timed_out')"
+_ACTIVE = "('pending', 'running', 'compensating')"
+_TERMINAL = "('completed', 'failed', 'cancelled', 'terminated', 'timed_out', 'compensated')"
 _INSTANCE_COLS = (
     "id, name, version, status, run_id, input, output, error, created_at, updated_at, "
-    "owner, epoch, wake_at, history_len, current_step, parent_id, search_attributes"
+    "owner, epoch, wake_at, history_len, current_step, parent_id, search_attributes, "
+    "needs_intervention"
 )
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
@@ -199,13 +202,32 @@ class SQLiteStore:
             return self._terminate(conn, op, now)
         if isinstance(op, Suspend):
             return self._suspend(conn, op, now)
+        if isinstance(op, Reopen):
+            return self._reopen(conn, op, now)
         return self._resume(conn, op, now)
+
+    def _reopen(self, conn: sqlite3.Connection, op: Reopen, now: float) -> WriteOutcome:
+        cur = conn.execute(
+            "UPDATE instances SET status = 'compensating', needs_intervention = 0, owner = NULL, "
+            "wake_at = ?, updated_at = ?, error = NULL WHERE id = ? AND status = 'failed' "
+            "AND needs_intervention = 1",
+            (now, now, op.instance_id),
+        )
+        if cur.rowcount == 0:
+            rec = self._get(conn, op.instance_id)
+            return WriteOutcome(False, "not_found" if rec is None else "not_parked", record=rec)
+        conn.execute(
+            "INSERT INTO inbox (instance_id, kind, name, payload, time) "
+            "VALUES (?, 'intervention', '', ?, ?)",
+            (op.instance_id, self._codec.dumps(None), now),
+        )
+        return WriteOutcome(True, record=self._get(conn, op.instance_id))
 
     def _create(self, conn: sqlite3.Connection, op: CreateInstance, now: float) -> WriteOutcome:
         dumps = self._codec.dumps
         cur = conn.execute(
             f"INSERT INTO instances ({_INSTANCE_COLS}) "
-            "VALUES (?, ?, ?, 'pending', ?, ?, NULL, NULL, ?, ?, ?, ?, ?, ?, NULL, ?, NULL) "
+            "VALUES (?, ?, ?, 'pending', ?, ?, NULL, NULL, ?, ?, ?, ?, ?, ?, NULL, ?, NULL, 0) "
             "ON CONFLICT (id) DO NOTHING",
             (
                 op.id,
@@ -256,8 +278,9 @@ class SQLiteStore:
         new_len = op.expected_seq + len(op.events)
         row = conn.execute(
             "UPDATE instances SET "
-            " status = CASE WHEN ?1 IS NOT NULL THEN ?1 "
+            " status = CASE WHEN ?1 IS NOT NULL THEN ?1 WHEN ?14 IS NOT NULL THEN ?14 "
             "   WHEN status = 'pending' THEN 'running' ELSE status END,"
+            " needs_intervention = ?15,"
             " output = CASE WHEN ?1 IS NOT NULL THEN ?2 ELSE output END,"
             " error = CASE WHEN ?1 IS NOT NULL THEN ?3 ELSE error END,"
             " updated_at = ?4,"
@@ -282,6 +305,8 @@ class SQLiteStore:
                 op.owner,
                 op.epoch,
                 op.expected_seq,
+                op.active_status,
+                int(op.needs_intervention and op.status == "failed"),
             ),
         ).fetchone()
         if row is None:
@@ -303,7 +328,7 @@ class SQLiteStore:
             self._continue_as_new(conn, op.instance_id, op.new_run, now)
         for effect in op.effects:
             self._apply(conn, effect, now)
-        if terminal and parent_id is not None:
+        if terminal and parent_id is not None and not op.needs_intervention:
             rec = self._get(conn, op.instance_id)
             assert rec is not None
             self._notify_parent(conn, parent_id, op.instance_id, now, child_outcome(rec))
@@ -345,7 +370,7 @@ class SQLiteStore:
         rec = self._get(conn, op.instance_id)
         if rec is None:
             return WriteOutcome(False, "not_found")
-        if rec.status in TERMINAL_EVENTS.values():
+        if rec.status in TERMINAL_STATUSES:
             return WriteOutcome(False, "closed", record=rec)
         cur = conn.execute(
             "INSERT INTO inbox (instance_id, kind, name, payload, time) VALUES (?, ?, ?, ?, ?)",
@@ -361,7 +386,7 @@ class SQLiteStore:
         rec = self._get(conn, op.instance_id)
         if rec is None:
             return WriteOutcome(False, "not_found")
-        if rec.status in TERMINAL_EVENTS.values():
+        if rec.status in TERMINAL_STATUSES:
             return WriteOutcome(False, "closed", record=rec)
         status = TERMINAL_EVENTS[type(op.event)]
         error = {"type": op.event.kind, "message": getattr(op.event, "reason", "")}
@@ -431,6 +456,7 @@ class SQLiteStore:
             current_step=row[14],
             parent_id=row[15],
             search_attributes=json.loads(row[16]) if row[16] is not None else None,
+            needs_intervention=bool(row[17]),
         )
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
