@@ -361,3 +361,15 @@ def update(
         app_spec,
         lambda e: ops.update(e, instance_id, name, args, timeout=timeout, as_json=as_json),
     )
+
+
+@app.command()
+def steps(instance_id: Id, db: Db = None, app_spec: App = None, as_json: Json = False) -> None:
+    """Show each step of an instance with its status, attempts, timing and compensation."""
+    _client(db, app_spec, lambda e: ops.steps(e, instance_id, as_json=as_json))
+
+
+@app.command()
+def compensate(instance_id: Id, db: Db = None, app_spec: App = None, as_json: Json = False) -> None:
+    """Resume the rollback of a saga parked as failed with needs_intervention."""
+    _client(db, app_spec, lambda e: ops.compensate(e, instance_id, as_json=as_json))

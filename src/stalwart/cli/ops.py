@@ -105,3 +105,58 @@ async def update(
 def _print_value(engine: Engine, value: Any, *, as_json: bool) -> None:
     data = engine.converter.to_data(value, Any, path="result")
     render.emit_json(data)
+
+
+async def steps(engine: Engine, instance_id: str, *, as_json: bool) -> None:
+    """Print the step table of an instance (a saga's steps and their compensations)."""
+    rows = await engine.get_handle(instance_id).steps()
+    if as_json:
+        render.emit_json(
+            [
+                {
+                    **asdict(r),
+                    "started_at": r.started_at.isoformat() if r.started_at else None,
+                    "ended_at": r.ended_at.isoformat() if r.ended_at else None,
+                }
+                for r in rows
+            ]
+        )
+        return
+    table = Table(show_edge=False)
+    for column in ("#", "STEP", "STATUS", "TRIES", "STARTED (UTC)", "TOOK", "DETAIL"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        took = (
+            f"{(r.ended_at - r.started_at).total_seconds() * 1000:.0f} ms"
+            if (r.started_at and r.ended_at)
+            else "-"
+        )
+        detail = ""
+        if r.error:
+            detail = f"{r.error.get('type', '')}: {r.error.get('message', '')}"
+        if r.compensation:
+            detail = f"undo: {r.compensation}" + (f" ({detail})" if detail else "")
+        if r.compensation_error:
+            detail += f" undo failed: {r.compensation_error.get('message', '')}"
+        table.add_row(
+            "-" if r.step is None else str(r.step),
+            r.name,
+            render.status_text(r.status),
+            str(r.attempts),
+            render.fmt_time(r.started_at),
+            took,
+            detail or "-",
+        )
+    render.console().print(table)
+
+
+async def compensate(engine: Engine, instance_id: str, *, as_json: bool) -> None:
+    """Resume a saga parked for intervention (retry its failed compensation)."""
+    resumed = await engine.get_handle(instance_id).retry_compensation()
+    status = await engine.get_handle(instance_id).status()
+    if as_json:
+        render.emit_json({"id": instance_id, "resumed": resumed, "status": status})
+    elif resumed:
+        render.console().print(f"{instance_id}: compensation resumed ({status})")
+    else:
+        render.console().print(f"{instance_id} does not need intervention ({status})")

@@ -30,6 +30,9 @@ STATUS_STYLES = {
     "cancelled": "red",
     "terminated": "red",
     "timed_out": "red",
+    "compensating": "bold yellow",
+    "compensated": "magenta",
+    "skipped": "dim",
 }
 _SKIPPED_FIELDS = {"run_id", "options"}
 _TIME_FIELDS = {"fire_at", "retry_at"}
@@ -99,6 +102,7 @@ def description_data(desc: WorkflowDescription) -> dict[str, Any]:
         "children": desc.children,
         "search_attributes": desc.search_attributes,
         "unserved": desc.unserved,
+        "needs_intervention": desc.needs_intervention,
     }
 
 
@@ -119,6 +123,7 @@ def describe_table(desc: WorkflowDescription) -> Table:
         ("owner", desc.owner or "-"),
         ("history length", str(desc.history_length)),
         ("wake at", fmt_time(desc.wake_at, millis=True)),
+        ("needs intervention", "yes" if desc.needs_intervention else "no"),
         ("error", error_summary(desc.error)),
         ("parent", desc.parent_id or "-"),
         ("children", ", ".join(desc.children) or "-"),
