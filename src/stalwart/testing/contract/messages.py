@@ -16,6 +16,7 @@ from stalwart.store.base import (
     TERMINAL_STATUSES,
     AppendEvents,
     CreateInstance,
+    Reopen,
     Resume,
     SendMessage,
     Store,
@@ -426,3 +427,59 @@ class MessagesContract:
                 assert outcome.record is not None, "CreateInstance must return the record"
             if outcome.record is not None:
                 assert outcome.record == await store.get_instance(target), op
+
+    # -- sagas: compensating status, parking for intervention, reopening ---------------
+    async def test_active_status_compensating_stays_claimable(
+        self, store: Store, clock: FakeClock
+    ) -> None:
+        """AppendEvents(active_status="compensating") shows it; the instance stays active."""
+        rec = await _running(store, clock, "i1")
+        out = await _write1(
+            store,
+            AppendEvents(
+                "i1",
+                "w1",
+                rec.epoch,
+                rec.history_len,
+                active_status="compensating",
+                wake_at=clock(),
+                release=True,
+            ),
+        )
+        assert out.ok
+        assert (await _get(store, "i1")).status == "compensating"
+        await _register(store, clock, "w2")
+        assert [c.instance_id for c in await store.claim("w2", [WF])] == ["i1"]
+
+    async def test_parked_failure_and_reopen(self, store: Store, clock: FakeClock) -> None:
+        """A failed step with needs_intervention can be reopened once; others cannot."""
+        rec = await _running(store, clock, "i1")
+        error = {"type": "CompensationFailed", "needs_intervention": True}
+        out = await _write1(
+            store,
+            AppendEvents(
+                "i1",
+                "w1",
+                rec.epoch,
+                rec.history_len,
+                status="failed",
+                error=error,
+                needs_intervention=True,
+            ),
+        )
+        assert out.ok
+        parked = await _get(store, "i1")
+        assert (parked.status, parked.needs_intervention, parked.owner) == ("failed", True, None)
+        assert (await _write1(store, SendMessage("i1", "signal", "x"))).error == "closed"
+        t = clock.advance(1.0)
+        reopened = await _write1(store, Reopen("i1"))
+        assert reopened.ok
+        after = await _get(store, "i1")
+        assert (after.status, after.needs_intervention, after.wake_at) == ("compensating", False, t)
+        assert after.error is None
+        assert [m.kind for m in await store.fetch_inbox("i1")] == ["intervention"]
+        assert (await _write1(store, Reopen("i1"))).error == "not_parked"
+        assert (await _write1(store, Reopen("ghost"))).error == "not_found"
+        other = await _running(store, clock, "i2")
+        await _end(store, other, "failed")
+        assert (await _write1(store, Reopen("i2"))).error == "not_parked"
