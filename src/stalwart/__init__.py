@@ -41,6 +41,7 @@ from stalwart.errors import WorkflowFailedError as WorkflowFailedError
 from stalwart.errors import WorkflowNotFoundError as WorkflowNotFoundError
 from stalwart.errors import WorkflowNotRegisteredError as WorkflowNotRegisteredError
 from stalwart.errors import WorkflowTimeoutError as WorkflowTimeoutError
+from stalwart.queues import Queue as Queue
 from stalwart.retry import RetryPolicy as RetryPolicy
 from stalwart.runtime.worker import WorkerOptions as WorkerOptions
 from stalwart.saga import SagaScope as SagaScope
@@ -68,6 +69,7 @@ __all__ = [
     "LeaseLostError",
     "NonDeterminismError",
     "NonRetryableError",
+    "Queue",
     "Registry",
     "RetryPolicy",
     "Saga",

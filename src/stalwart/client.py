@@ -47,6 +47,7 @@ from stalwart.errors import (
 )
 from stalwart.ids import validate_instance_id
 from stalwart.operations import CompatReport, bulk, check_compat, fork
+from stalwart.queues import Queue
 from stalwart.retry import RetryPolicy
 from stalwart.runtime.clock import Clock, RealClock
 from stalwart.runtime.committer import GroupCommitter
@@ -146,6 +147,13 @@ def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=UTC)
 
 
+@dataclass(frozen=True, slots=True)
+class _Flow:
+    queue: str | None = None
+    priority: int = 0
+    dedup_key: str | None = None
+
+
 def _timestamp(value: datetime | None, what: str) -> float | None:
     if value is None:
         return None
@@ -179,6 +187,7 @@ class Engine:
         clock: Clock | None = None,
         alert_hook: Callable[[dict[str, Any]], Any] | None = None,
         alert_webhook: str | None = None,
+        queues: Sequence[Queue] = (),
     ) -> None:
         self.url = url
         self.alert_hook = alert_hook
@@ -193,6 +202,9 @@ class Engine:
         )
         self.converter = TypeConverter()
         self.options = options or WorkerOptions()
+        if queues:
+            served = {q.name: q for q in (*self.options.queues, *queues)}
+            self.options = dataclasses.replace(self.options, queues=tuple(served.values()))
         self.clock: Clock = clock or RealClock()
         self._codec = codec
         self._want_worker = worker
@@ -293,11 +305,16 @@ class Engine:
         *,
         id: str | None = None,
         version: int | None = None,
+        queue: str | None = None,
+        priority: int = 0,
+        dedup_key: str | None = None,
     ) -> WorkflowHandle[R]:
         """Start ``wf(args...)`` (idempotent on ``id``) and return its typed handle.
 
         The instance runs the definition's version, or ``version`` when given (another
-        registered version of the same name).
+        registered version of the same name). With ``queue`` it waits for that queue's
+        concurrency and rate limits before it first runs (``priority``: higher first);
+        ``dedup_key`` refuses the start while another active instance holds the same key.
         """
         defn = invocation.workflow
         if version is not None and version != defn.version:
@@ -306,7 +323,15 @@ class Engine:
                 raise WorkflowNotRegisteredError(defn.name, version)
             defn = pinned
         data = defn.signature.encode_args(self.converter, invocation.args, invocation.kwargs)
-        return await self._create(defn.name, defn.version, data, defn.timeout, id, defn)
+        return await self._create(
+            defn.name,
+            defn.version,
+            data,
+            defn.timeout,
+            id,
+            defn,
+            flow=_Flow(queue, priority, dedup_key),
+        )
 
     async def start_by_name(
         self,
@@ -342,7 +367,9 @@ class Engine:
         timeout: float | None,
         instance_id: str | None,
         defn: WorkflowDefinition[Any, Any] | None,
+        flow: _Flow | None = None,
     ) -> WorkflowHandle[Any]:
+        flow = flow or _Flow()
         instance_id = (
             validate_instance_id(instance_id) if instance_id is not None else (uuid.uuid4().hex)
         )
@@ -361,6 +388,7 @@ class Engine:
             worker is not None
             and defn is not None
             and self.registry.workflow(name, version) is defn
+            and flow.queue is None  # queued starts wait for a claim within the queue's limits
         )
         outcome = await self.committer.submit(
             CreateInstance(
@@ -371,10 +399,18 @@ class Engine:
                 data,
                 started,
                 owner=worker.id if local and worker is not None else None,
+                queue=flow.queue,
+                priority=flow.priority,
+                dedup_key=flow.dedup_key,
             )
         )
         rec = outcome.record
         assert rec is not None
+        if outcome.error == "duplicate":
+            raise WorkflowAlreadyStartedError(
+                instance_id,
+                f"instance {rec.id!r} is active with deduplication key {flow.dedup_key!r}",
+            )
         if not outcome.created:
             if rec.name != name:
                 raise WorkflowAlreadyStartedError(

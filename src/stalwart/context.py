@@ -448,9 +448,12 @@ class WorkflowContext:
         timeout: float | timedelta | None = None,
         heartbeat_timeout: float | timedelta | None = None,
         schedule_to_close: float | timedelta | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
         **kwargs: Any,
     ) -> Coroutine[Any, Any, T]:
-        """Call an activity durably, overriding its retry policy or timeouts for this call."""
+        """Call an activity durably, overriding its retry policy, timeouts or queue (a
+        queued call runs on any worker serving that queue) for this call."""
         from stalwart.decorators import ActivityDefinition
 
         if not isinstance(fn, ActivityDefinition):
@@ -465,6 +468,8 @@ class WorkflowContext:
             timeout=timeout,
             heartbeat_timeout=heartbeat_timeout,
             schedule_to_close=schedule_to_close,
+            queue=queue,
+            priority=priority,
         )
 
     def call_activity(
@@ -478,6 +483,8 @@ class WorkflowContext:
         heartbeat_timeout: float | timedelta | None = None,
         schedule_to_close: float | timedelta | None = None,
         cmd_holder: list[int] | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
     ) -> Coroutine[Any, Any, T]:
         """Encode the arguments now (errors surface at the call site), schedule on await.
 
@@ -489,6 +496,8 @@ class WorkflowContext:
             timeout=as_seconds(timeout, "activity timeout"),
             heartbeat_timeout=as_seconds(heartbeat_timeout, "heartbeat timeout"),
             schedule_to_close=as_seconds(schedule_to_close, "schedule-to-close timeout"),
+            queue=queue,
+            priority=priority,
         )
         return self._await_activity(defn, data, options, cmd_holder)
 

@@ -138,6 +138,8 @@ class ActivityDefinition(Generic[P, R]):
         compensate: ActivityDefinition[Any, Any] | None = None,
         compensate_with: CompensateWith = "result",
         compensate_on_failure: bool = False,
+        queue: str | None = None,
+        priority: int = 0,
     ) -> None:
         if not callable(fn):
             raise ConfigurationError(f"@activity decorates a function, got {fn!r}")
@@ -160,6 +162,10 @@ class ActivityDefinition(Generic[P, R]):
             raise ConfigurationError(
                 f"compensate_with must be result, input, both or nothing, got {compensate_with!r}"
             )
+        if queue is not None and (not isinstance(queue, str) or not queue):
+            raise ConfigurationError(f"@activity queue must be a non-empty name, got {queue!r}")
+        self.queue = queue
+        self.priority = priority
         self.compensate = compensate
         self.compensate_with: CompensateWith = compensate_with
         self.compensate_on_failure = compensate_on_failure
@@ -178,6 +184,8 @@ class ActivityDefinition(Generic[P, R]):
         timeout: float | None = None,
         heartbeat_timeout: float | None = None,
         schedule_to_close: float | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
     ) -> dict[str, Any]:
         """The effective options of one call, as recorded in its ActivityScheduled event."""
         data: dict[str, Any] = {
@@ -190,6 +198,9 @@ class ActivityDefinition(Generic[P, R]):
             data["heartbeat_timeout"] = beat
         if total is not None:
             data["schedule_to_close"] = total
+        if (queue or self.queue) is not None:
+            data["queue"] = queue or self.queue
+            data["priority"] = priority if priority is not None else self.priority
         return data
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
@@ -228,6 +239,8 @@ def activity(
     compensate: ActivityDefinition[Any, Any] | None = None,
     compensate_with: CompensateWith = "result",
     compensate_on_failure: bool = False,
+    queue: str | None = None,
+    priority: int = 0,
 ) -> Callable[[Callable[P, R]], ActivityDefinition[P, R]]: ...
 
 
@@ -243,6 +256,8 @@ def activity(
     compensate: ActivityDefinition[Any, Any] | None = None,
     compensate_with: CompensateWith = "result",
     compensate_on_failure: bool = False,
+    queue: str | None = None,
+    priority: int = 0,
 ) -> ActivityDefinition[P, R] | Callable[[Callable[P, R]], ActivityDefinition[P, R]]:
     """Declare an activity; usable bare (``@activity``) or with options.
 
@@ -252,7 +267,9 @@ def activity(
     ``activity_context().heartbeat()``) that long; ``schedule_to_close`` bounds the
     whole call, retries included. ``compensate`` names the activity that undoes this one
     inside a saga (it receives this call's result, or its ``input``, or ``both``, per
-    ``compensate_with``); ``compensate_on_failure`` undoes even a failed call.
+    ``compensate_with``); ``compensate_on_failure`` undoes even a failed call. ``queue``
+    sends every call to that task queue, run by whichever worker serves it (``priority``:
+    higher first).
     Sync functions run in a thread pool, async ones on the worker's event loop.
     """
 
@@ -267,6 +284,8 @@ def activity(
             compensate=compensate,
             compensate_with=compensate_with,
             compensate_on_failure=compensate_on_failure,
+            queue=queue,
+            priority=priority,
         )
         default_registry.add_activity(defn)
         return defn

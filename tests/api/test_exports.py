@@ -24,6 +24,7 @@ EXPECTED = {
     "LeaseLostError",
     "NonDeterminismError",
     "NonRetryableError",
+    "Queue",
     "Registry",
     "RetryPolicy",
     "Saga",

@@ -7,12 +7,17 @@
 -- migration 3: 0003_parent_index.sql
 -- migration 4: 0004_search_attributes.sql
 -- migration 5: 0005_sagas.sql
+-- migration 6: 0006_queues.sql
 
 -- index inbox_instance (on inbox)
 CREATE INDEX inbox_instance ON inbox (instance_id, id);
 
 -- index instances_created (on instances)
 CREATE INDEX instances_created ON instances (created_at, id);
+
+-- index instances_dedup (on instances)
+CREATE UNIQUE INDEX instances_dedup ON instances (dedup_key)
+    WHERE dedup_key IS NOT NULL AND status IN ('pending', 'running', 'compensating');
 
 -- index instances_due (on instances)
 CREATE INDEX instances_due ON instances (wake_at)
@@ -27,6 +32,9 @@ CREATE INDEX instances_owner ON instances (owner) WHERE owner IS NOT NULL;
 -- index instances_parent (on instances)
 CREATE INDEX instances_parent ON instances (parent_id, created_at) WHERE parent_id IS NOT NULL;
 
+-- index instances_queue (on instances)
+CREATE INDEX instances_queue ON instances (queue, started_at) WHERE queue IS NOT NULL;
+
 -- index instances_status (on instances)
 CREATE INDEX instances_status ON instances (status, created_at);
 
@@ -35,6 +43,15 @@ CREATE INDEX instances_status ON instances (status, created_at);
 
 -- index sqlite_autoindex_workers_1 (on workers)
 -- (implicit, no SQL)
+
+-- index tasks_ready (on tasks)
+CREATE INDEX tasks_ready ON tasks (queue, priority DESC, not_before) WHERE status = 'ready';
+
+-- index tasks_running (on tasks)
+CREATE INDEX tasks_running ON tasks (queue, owner) WHERE status = 'running';
+
+-- index tasks_started (on tasks)
+CREATE INDEX tasks_started ON tasks (queue, started_at);
 
 -- table events (on events)
 CREATE TABLE events (
@@ -75,13 +92,33 @@ CREATE TABLE instances (
     history_len  INTEGER NOT NULL,
     current_step TEXT,
     parent_id    TEXT
-, search_attributes TEXT, needs_intervention INTEGER NOT NULL DEFAULT 0);
+, search_attributes TEXT, needs_intervention INTEGER NOT NULL DEFAULT 0, queue TEXT, priority INTEGER NOT NULL DEFAULT 0, dedup_key TEXT, started_at REAL);
 
 -- table sqlite_sequence (on sqlite_sequence)
 CREATE TABLE sqlite_sequence(name,seq);
 
 -- table stalwart_schema_version (on stalwart_schema_version)
 CREATE TABLE stalwart_schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL);
+
+-- table tasks (on tasks)
+CREATE TABLE tasks (
+    id          TEXT PRIMARY KEY,
+    queue       TEXT NOT NULL,
+    instance_id TEXT NOT NULL,
+    run_id      TEXT NOT NULL,
+    cmd         INTEGER NOT NULL,
+    attempt     INTEGER NOT NULL,
+    name        TEXT NOT NULL,
+    input       TEXT NOT NULL,
+    options     TEXT NOT NULL,
+    priority    INTEGER NOT NULL DEFAULT 0,
+    not_before  REAL NOT NULL,
+    status      TEXT NOT NULL,
+    owner       TEXT,
+    created_at  REAL NOT NULL,
+    started_at  REAL,
+    finished_at REAL
+) WITHOUT ROWID;
 
 -- table workers (on workers)
 CREATE TABLE workers (

@@ -30,17 +30,21 @@ from stalwart._engine import events as ev
 from stalwart.codec import TypeConverter
 from stalwart.decorators import Registry, WorkflowDefinition
 from stalwart.errors import EncodingError, NonDeterminismError, StoreError, error_info
+from stalwart.queues import Queue
 from stalwart.runtime.activity_exec import execute_attempt
 from stalwart.runtime.clock import Clock
 from stalwart.runtime.committer import GroupCommitter
 from stalwart.runtime.heartbeat import HeartbeatThread
 from stalwart.runtime.instance import LiveInstance, build_instance
+from stalwart.runtime.tasks import TaskRunner
 from stalwart.store.base import (
     ACTIVE_STATUSES,
     CHILD_MESSAGE,
+    TASK_MESSAGE,
     AppendEvents,
     Claim,
     CreateInstance,
+    EnqueueTask,
     InboxMessage,
     SendMessage,
     Store,
@@ -79,6 +83,8 @@ class WorkerOptions:
     """Instances being loaded (history read and replayed) at once."""
     shutdown_grace: float = 10.0
     """Seconds a graceful stop waits for running activities before handing them back."""
+    queues: tuple[Queue, ...] = ()
+    """Task queues this worker serves (remote activities, queued workflows), with limits."""
     history_warning: int = 10_000
     """Warn (once per run) when a run's history reaches this many events."""
     liveness_interval: float = 0.25
@@ -144,6 +150,19 @@ class Worker:
             options.activity_threads, thread_name_prefix="stalwart-activity"
         )
         self._activity_slots = asyncio.Semaphore(options.max_concurrent_activities)
+        self.queue_limits = {q.name: q.limits() for q in options.queues}
+        self.tasks = TaskRunner(
+            worker_id=self.id,
+            queues=list(options.queues),
+            store=store,
+            committer=committer,
+            registry=registry,
+            converter=converter,
+            executor=self._executor,
+            clock=clock,
+            poll_interval=options.poll_interval,
+            on_outcome=self.notify,
+        )
         self._load_slots = asyncio.Semaphore(options.max_concurrent_loads)
         self._scan_kick = asyncio.Event()
         self._scan_task: asyncio.Task[None] | None = None
@@ -170,6 +189,7 @@ class Worker:
         )
         self._heartbeat.start()
         self._scan_task = self._loop.create_task(self._scan_loop(), name="stalwart-claims")
+        self.tasks.start()
 
     async def _register(self) -> None:
         now = self.store.now()
@@ -212,6 +232,7 @@ class Worker:
             task.cancel()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        await self.tasks.stop(self.options.shutdown_grace)
         if self._heartbeat is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._heartbeat.stop)
         await self.store.deregister_worker(self.id)
@@ -274,7 +295,11 @@ class Worker:
                     await self._expire_dead_local_workers()
                     next_liveness = self.clock.now() + self.options.liveness_interval
                 claims = await self.store.claim(
-                    self.id, self.names, limit=self.options.claim_batch, versions=self.versions
+                    self.id,
+                    self.names,
+                    limit=self.options.claim_batch,
+                    versions=self.versions,
+                    queues=self.queue_limits,
                 )
                 for claim in claims:
                     self._on_claim(claim)
@@ -488,6 +513,8 @@ class Worker:
         self._warn_long_history(inst)
         if any(isinstance(e, ev.ChildWorkflowStarted) for e in new):
             self.kick()  # the children are unowned and due now: claim them here
+        if any(isinstance(e, EnqueueTask) for e in op.effects):
+            self.tasks.kick()
         outcome = inst.run.outcome
         if outcome is not None and op.new_run is not None:
             self._drop(inst)
@@ -616,7 +643,10 @@ class Worker:
         """Writes to other instances that the new commands ask for."""
         effects: list[WriteOp] = []
         for event in new:
-            if isinstance(event, ev.ChildWorkflowStarted):
+            task = self._task_for(inst, event)
+            if task is not None:
+                effects.append(task)
+            elif isinstance(event, ev.ChildWorkflowStarted):
                 child = self.registry.workflow(event.name, event.version)
                 started = ev.WorkflowStarted(
                     name=event.name,
@@ -641,6 +671,34 @@ class Worker:
             elif isinstance(event, ev.ExternalCancelRequested):
                 effects.append(SendMessage(event.target_id, "cancel", "", event.reason))
         return effects
+
+    def _task_for(self, inst: LiveInstance, event: ev.Event) -> EnqueueTask | None:
+        """The queue task that a queued activity's schedule (or retry) event calls for."""
+        if isinstance(event, ev.ActivityScheduled):
+            cmd, attempt, not_before, details = event.cmd, 1, 0.0, None
+        elif isinstance(event, ev.ActivityAttemptFailed):
+            cmd, attempt, not_before = event.cmd, event.attempt + 1, event.retry_at
+            details = event.details
+        else:
+            return None
+        act = inst.run.activities.get(cmd)
+        queue = act.options.get("queue") if act is not None else None
+        if act is None or not queue:
+            return None
+        options = {**act.options, "scheduled_at": act.scheduled_at, "heartbeat_details": details}
+        return EnqueueTask(
+            f"{inst.run_id}:{cmd}:{attempt}",
+            str(queue),
+            inst.id,
+            inst.run_id,
+            cmd,
+            attempt,
+            act.name,
+            act.input,
+            options,
+            int(act.options.get("priority") or 0),
+            not_before,
+        )
 
     def _parent_close_effects(self, inst: LiveInstance) -> list[WriteOp]:
         """What the parent-close policy does to children still running."""
@@ -668,7 +726,10 @@ class Worker:
         if inst.activity_tasks or inst.incoming or inst.inbox_dirty:
             return False
         horizon = now + self.options.sticky_seconds
-        if any(a.retry_at is None or a.retry_at <= horizon for a in inst.run.activities.values()):
+        if any(
+            (a.retry_at is None or a.retry_at <= horizon) and not a.options.get("queue")
+            for a in inst.run.activities.values()
+        ):
             return False
         if len(self.live) > self.options.max_cached:
             return True
@@ -686,6 +747,8 @@ class Worker:
             for cmd, act in run.activities.items():
                 if cmd in inst.activity_tasks or cmd in inst.retry_handles:
                     continue
+                if act.options.get("queue"):
+                    continue  # a task in its queue; its outcome arrives through the inbox
                 if act.retry_at is not None and act.retry_at > now:
                     inst.retry_handles[cmd] = self.clock.call_at(
                         act.retry_at, functools.partial(self._retry_due, inst, cmd)
@@ -760,6 +823,9 @@ def update_key(update_id: str) -> str:
 
 def inbox_event(msg: InboxMessage) -> ev.Event:
     """The history event that records an inbox message's delivery."""
+    if msg.kind == TASK_MESSAGE:
+        data = dict(msg.payload or {})
+        return ev.event_from_data(str(data.pop("type")), data)
     if msg.kind == "intervention":
         return ev.InterventionResolved()
     if msg.kind == "update":

@@ -51,6 +51,12 @@ class InstanceRecord:
     search_attributes: dict[str, JSON] | None = None
     needs_intervention: bool = False
     """A saga whose compensation could not finish: ``failed`` until an operator reopens it."""
+    queue: str | None = None
+    """The queue the instance was started on (flow control), if any."""
+    priority: int = 0
+    dedup_key: str | None = None
+    started_at: float | None = None
+    """When a worker first claimed the instance (queue flow control counts from it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +78,38 @@ class Claim:
     run_id: str
     epoch: int
     newly_claimed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLimits:
+    """Flow control of one queue, declared identically by every worker that serves it."""
+
+    concurrency: int | None = None
+    """At most this many tasks (or started workflows) of the queue at once, globally."""
+    rate_limit: int | None = None
+    """At most this many starts per ``rate_period`` seconds, globally."""
+    rate_period: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """A claimed activity task."""
+
+    id: str
+    queue: str
+    instance_id: str
+    run_id: str
+    cmd: int
+    attempt: int
+    name: str
+    input: list[JSON]
+    options: dict[str, JSON]
+    priority: int
+    not_before: float
+    created_at: float
+    started_at: float | None
+    owner: str | None
+    status: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +180,12 @@ class CreateInstance:
     parent_id: str | None = None
     prefix: Sequence[tuple[float, Event]] = ()
     """Events recorded after ``started`` (a fork reuses another run's history prefix)."""
+    queue: str | None = None
+    """Start on this queue: its concurrency and rate limits gate the first claim."""
+    priority: int = 0
+    """Higher runs first among due instances (and tasks) of a queue."""
+    dedup_key: str | None = None
+    """Refused (``"duplicate"``) while another active instance holds the same key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +258,39 @@ class Resume:
 
 
 @dataclass(frozen=True, slots=True)
+class EnqueueTask:
+    """Put one attempt of an activity on a task queue (idempotent on ``id``).
+
+    Normally an effect of the step write that scheduled (or retried) the activity, so the
+    task exists exactly when its history event does. Workers serving ``queue`` claim it
+    once ``not_before`` has passed.
+    """
+
+    id: str
+    queue: str
+    instance_id: str
+    run_id: str
+    cmd: int
+    attempt: int
+    name: str
+    input: list[JSON]
+    options: dict[str, JSON]
+    priority: int = 0
+    not_before: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteTask:
+    """Record a claimed task's outcome: refused (``conflict``) unless ``owner`` still holds
+    it; otherwise the task is done and its outcome event (``{"type": ..., fields}``) goes to
+    the instance's inbox (kind ``activity``), waking it."""
+
+    task_id: str
+    owner: str
+    outcome: dict[str, JSON]
+
+
+@dataclass(frozen=True, slots=True)
 class Reopen:
     """Resume a run parked as ``failed`` with ``needs_intervention`` (an operator fixed the
     cause): it becomes ``compensating`` and due now, with an ``intervention`` inbox message."""
@@ -221,8 +298,21 @@ class Reopen:
     instance_id: str
 
 
-WriteOp = CreateInstance | AppendEvents | SendMessage | Terminate | Suspend | Resume | Reopen
+WriteOp = (
+    CreateInstance
+    | AppendEvents
+    | SendMessage
+    | Terminate
+    | Suspend
+    | Resume
+    | Reopen
+    | EnqueueTask
+    | CompleteTask
+)
 """Any operation of a write batch."""
+
+TASK_MESSAGE = "activity"
+"""Inbox kind of a queued activity's outcome (payload: the outcome event's data)."""
 
 CHILD_MESSAGE = "child"
 """Inbox kind of the message a child's terminal transition leaves for its parent.
@@ -256,8 +346,10 @@ class WriteOutcome:
     """The result of one operation in a write batch.
 
     ``error`` is ``None`` on success, else one of ``"conflict"`` (fenced or stale),
-    ``"not_found"``, ``"closed"`` (the instance already ended), ``"not_suspended"`` or
-    ``"not_parked"`` (Reopen of an instance that does not need intervention).
+    ``"not_found"``, ``"closed"`` (the instance already ended), ``"not_suspended"``,
+    ``"not_parked"`` (Reopen of an instance that does not need intervention) or
+    ``"duplicate"`` (CreateInstance whose ``dedup_key`` an active instance holds; ``record``
+    is that instance).
     ``record`` is the instance after the operation, where the operation reads it.
     """
 
@@ -323,8 +415,13 @@ class Store(Protocol):
         *,
         limit: int = 100,
         versions: Mapping[str, Sequence[int]] | None = None,
+        queues: Mapping[str, QueueLimits] | None = None,
     ) -> list[Claim]:
         """Claim runnable instances and report owned ones that are due.
+
+        An instance started on a queue is claimed the first time only within that queue's
+        limits (``queues``): started-and-unfinished instances below ``concurrency``, starts
+        in the last ``rate_period`` below ``rate_limit``; higher ``priority`` first.
 
         Claimable: active, of a served name (and, when ``versions`` is given, of a served
         version of that name), and either unowned and due, or owned by a worker whose
@@ -352,6 +449,21 @@ class Store(Protocol):
 
     async def expire_worker(self, worker_id: str) -> None:
         """Mark a worker's lease expired now (it is known to be dead)."""
+        ...
+
+    async def claim_tasks(
+        self, worker_id: str, queues: Mapping[str, QueueLimits], limits: Mapping[str, int]
+    ) -> list[TaskRecord]:
+        """Claim ready tasks of the given queues (at most ``limits[queue]`` each).
+
+        Ready: ``not_before`` passed, or running but owned by a worker whose lease expired.
+        Highest priority first, then oldest. A queue's ``concurrency`` (tasks running) and
+        rate limit (tasks started in the last ``rate_period``) hold across all workers.
+        """
+        ...
+
+    async def queue_stats(self, queue: str) -> dict[str, int]:
+        """Counts of the queue's tasks by status (``ready``, ``running``, ``done``)."""
         ...
 
     def heartbeat_session(self) -> HeartbeatSession:

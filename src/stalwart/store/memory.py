@@ -17,19 +17,24 @@ from stalwart._engine.events import TERMINAL_EVENTS, HistoryEvent, WorkflowStart
 from stalwart.store.base import (
     ACTIVE_STATUSES,
     CHILD_MESSAGE,
+    TASK_MESSAGE,
     TERMINAL_STATUSES,
     AppendEvents,
     Claim,
+    CompleteTask,
     CreateInstance,
+    EnqueueTask,
     InboxMessage,
     InstanceRecord,
     ListFilter,
     Page,
+    QueueLimits,
     Reopen,
     Resume,
     SendMessage,
     StoreCapabilities,
     Suspend,
+    TaskRecord,
     Terminate,
     WorkerRecord,
     WriteOp,
@@ -51,6 +56,10 @@ class _Instance:
         return self.runs.setdefault(self.rec.run_id, [])
 
 
+TASK_RETENTION = 3600.0
+"""Seconds a finished task is kept (rate limits count recent starts)."""
+
+
 class MemoryStore:
     """A store held in process memory (thread-safe; one lock)."""
 
@@ -61,6 +70,7 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._instances: dict[str, _Instance] = {}
         self._workers: dict[str, WorkerRecord] = {}
+        self._tasks: dict[str, TaskRecord] = {}
         self._next_message = 0
 
     async def open(self) -> None:
@@ -83,6 +93,10 @@ class MemoryStore:
         now = self._clock()
         if isinstance(op, CreateInstance):
             return self._create(op, now)
+        if isinstance(op, EnqueueTask):
+            return self._enqueue(op, now)
+        if isinstance(op, CompleteTask):
+            return self._complete(op, now)
         inst = self._instances.get(op.instance_id)
         if inst is None:
             return WriteOutcome(False, "not_found")
@@ -117,6 +131,17 @@ class MemoryStore:
 
     def _create(self, op: CreateInstance, now: float) -> WriteOutcome:
         existing = self._instances.get(op.id)
+        if existing is None and op.dedup_key is not None:
+            holder = next(
+                (
+                    i.rec
+                    for i in self._instances.values()
+                    if i.rec.dedup_key == op.dedup_key and i.rec.status in ACTIVE_STATUSES
+                ),
+                None,
+            )
+            if holder is not None:
+                return WriteOutcome(False, "duplicate", record=holder)
         if existing is not None:
             if op.parent_id is not None and (
                 existing.rec.parent_id != op.parent_id or existing.rec.input != op.input
@@ -139,6 +164,9 @@ class MemoryStore:
             wake_at=None if op.owner else now,
             history_len=1 + len(op.prefix),
             parent_id=op.parent_id,
+            queue=op.queue,
+            priority=op.priority,
+            dedup_key=op.dedup_key,
         )
         events = [HistoryEvent(0, now, op.started)]
         events += [HistoryEvent(i + 1, t, e) for i, (t, e) in enumerate(op.prefix)]
@@ -304,6 +332,7 @@ class MemoryStore:
         *,
         limit: int = 100,
         versions: Mapping[str, Sequence[int]] | None = None,
+        queues: Mapping[str, QueueLimits] | None = None,
     ) -> list[Claim]:
         """Claim runnable instances; report owned, due ones."""
         serves = _serves(names, versions)
@@ -312,6 +341,7 @@ class MemoryStore:
             expired = {
                 w.id for w in self._workers.values() if w.expires_at < now and w.id != worker_id
             }
+            room = self._queue_room(queues or {}, now)
             claims: list[Claim] = []
             candidates = sorted(
                 (
@@ -319,7 +349,7 @@ class MemoryStore:
                     for i in self._instances.values()
                     if i.rec.status in ACTIVE_STATUSES and serves(i.rec)
                 ),
-                key=lambda i: (i.rec.wake_at or 0.0, i.rec.id),
+                key=lambda i: (-i.rec.priority, i.rec.wake_at or 0.0, i.rec.id),
             )
             for inst in candidates:
                 if len(claims) >= limit:
@@ -330,11 +360,134 @@ class MemoryStore:
                     if due:
                         claims.append(Claim(rec.id, rec.run_id, rec.epoch, False))
                 elif (rec.owner is None and due) or rec.owner in expired:
+                    first = rec.started_at is None
+                    if first and rec.queue in room:
+                        if room[rec.queue] <= 0:
+                            continue
+                        room[rec.queue] -= 1
                     inst.rec = dataclasses.replace(
-                        rec, owner=worker_id, epoch=rec.epoch + 1, updated_at=now
+                        rec,
+                        owner=worker_id,
+                        epoch=rec.epoch + 1,
+                        updated_at=now,
+                        started_at=now if first else rec.started_at,
                     )
                     claims.append(Claim(rec.id, rec.run_id, rec.epoch + 1, True))
             return claims
+
+    def _queue_room(self, queues: Mapping[str, QueueLimits], now: float) -> dict[str, int]:
+        """How many more instances each limited queue may start now."""
+        room: dict[str, int] = {}
+        for name, limits in queues.items():
+            started = [
+                i.rec
+                for i in self._instances.values()
+                if i.rec.queue == name and i.rec.started_at is not None
+            ]
+            free = 1 << 30
+            if limits.concurrency is not None:
+                running = sum(1 for r in started if r.status in ACTIVE_STATUSES)
+                free = min(free, limits.concurrency - running)
+            if limits.rate_limit is not None:
+                recent = sum(
+                    1 for r in started if r.started_at and r.started_at > now - limits.rate_period
+                )
+                free = min(free, limits.rate_limit - recent)
+            room[name] = max(0, free)
+        return room
+
+    # -- task queues -------------------------------------------------------------------
+    async def claim_tasks(
+        self, worker_id: str, queues: Mapping[str, QueueLimits], limits: Mapping[str, int]
+    ) -> list[TaskRecord]:
+        """Claim ready tasks of the served queues within their limits."""
+        with self._lock:
+            now = self._clock()
+            expired = {w.id for w in self._workers.values() if w.expires_at < now}
+            claimed: list[TaskRecord] = []
+            for queue, want in limits.items():
+                rules = queues.get(queue, QueueLimits())
+                tasks = [t for t in self._tasks.values() if t.queue == queue]
+                room = want
+                if rules.concurrency is not None:
+                    running = sum(
+                        1 for t in tasks if t.status == "running" and t.owner not in expired
+                    )
+                    room = min(room, rules.concurrency - running)
+                if rules.rate_limit is not None:
+                    recent = sum(
+                        1
+                        for t in tasks
+                        if t.started_at is not None and t.started_at > now - rules.rate_period
+                    )
+                    room = min(room, rules.rate_limit - recent)
+                ready = sorted(
+                    (
+                        t
+                        for t in tasks
+                        if (t.status == "ready" and t.not_before <= now)
+                        or (t.status == "running" and t.owner in expired)
+                    ),
+                    key=lambda t: (-t.priority, t.not_before, t.created_at, t.id),
+                )
+                for task in ready[: max(0, room)]:
+                    taken = dataclasses.replace(
+                        task, status="running", owner=worker_id, started_at=now
+                    )
+                    self._tasks[task.id] = taken
+                    claimed.append(taken)
+            self._tasks = {
+                k: t
+                for k, t in self._tasks.items()
+                if t.status != "done" or (t.started_at or 0) > now - TASK_RETENTION
+            }
+            return claimed
+
+    async def queue_stats(self, queue: str) -> dict[str, int]:
+        """Counts of the queue's tasks by status."""
+        with self._lock:
+            counts = {"ready": 0, "running": 0, "done": 0}
+            for task in self._tasks.values():
+                if task.queue == queue:
+                    counts[task.status] += 1
+            return counts
+
+    def _enqueue(self, op: EnqueueTask, now: float) -> WriteOutcome:
+        if op.id not in self._tasks:
+            self._tasks[op.id] = TaskRecord(
+                op.id,
+                op.queue,
+                op.instance_id,
+                op.run_id,
+                op.cmd,
+                op.attempt,
+                op.name,
+                op.input,
+                op.options,
+                op.priority,
+                op.not_before,
+                now,
+                None,
+                None,
+                "ready",
+            )
+        return WriteOutcome(True)
+
+    def _complete(self, op: CompleteTask, now: float) -> WriteOutcome:
+        task = self._tasks.get(op.task_id)
+        if task is None:
+            return WriteOutcome(False, "not_found")
+        if task.status != "running" or task.owner != op.owner:
+            return WriteOutcome(False, "conflict")
+        self._tasks[op.task_id] = dataclasses.replace(task, status="done")
+        inst = self._instances.get(task.instance_id)
+        if inst is not None and inst.rec.status not in TERMINAL_STATUSES:
+            self._next_message += 1
+            inst.inbox.append(
+                InboxMessage(self._next_message, TASK_MESSAGE, str(task.cmd), op.outcome, now)
+            )
+            inst.rec = dataclasses.replace(inst.rec, wake_at=now, updated_at=now)
+        return WriteOutcome(True)
 
     async def next_wake(
         self, names: Sequence[str], *, versions: Mapping[str, Sequence[int]] | None = None

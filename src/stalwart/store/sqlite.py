@@ -30,21 +30,26 @@ from stalwart._engine.events import (
 )
 from stalwart.codec import Codec, JsonCodec
 from stalwart.errors import ConfigurationError, StoreError
+from stalwart.store import sqlite_queues
 from stalwart.store.base import (
     CHILD_MESSAGE,
     TERMINAL_STATUSES,
     AppendEvents,
     Claim,
+    CompleteTask,
     CreateInstance,
+    EnqueueTask,
     InboxMessage,
     InstanceRecord,
     ListFilter,
     Page,
+    QueueLimits,
     Reopen,
     Resume,
     SendMessage,
     StoreCapabilities,
     Suspend,
+    TaskRecord,
     Terminate,
     WorkerRecord,
     WriteOp,
@@ -61,7 +66,7 @@ _TERMINAL = "('completed', 'failed', 'cancelled', 'terminated', 'timed_out', 'co
 _INSTANCE_COLS = (
     "id, name, version, status, run_id, input, output, error, created_at, updated_at, "
     "owner, epoch, wake_at, history_len, current_step, parent_id, search_attributes, "
-    "needs_intervention"
+    "needs_intervention, queue, priority, dedup_key, started_at"
 )
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
@@ -194,6 +199,10 @@ class SQLiteStore:
     def _apply(self, conn: sqlite3.Connection, op: WriteOp, now: float) -> WriteOutcome:
         if isinstance(op, CreateInstance):
             return self._create(conn, op, now)
+        if isinstance(op, EnqueueTask):
+            return sqlite_queues.enqueue(conn, self._codec, op, now)
+        if isinstance(op, CompleteTask):
+            return sqlite_queues.complete(conn, self._codec, op, now)
         if isinstance(op, AppendEvents):
             return self._append(conn, op, now)
         if isinstance(op, SendMessage):
@@ -225,9 +234,18 @@ class SQLiteStore:
 
     def _create(self, conn: sqlite3.Connection, op: CreateInstance, now: float) -> WriteOutcome:
         dumps = self._codec.dumps
+        if op.dedup_key is not None:
+            holder = conn.execute(
+                f"SELECT {_INSTANCE_COLS} FROM instances WHERE dedup_key = ? AND status IN "
+                f"{_ACTIVE} AND id <> ?",
+                (op.dedup_key, op.id),
+            ).fetchone()
+            if holder is not None:
+                return WriteOutcome(False, "duplicate", record=self._record(holder))
         cur = conn.execute(
             f"INSERT INTO instances ({_INSTANCE_COLS}) "
-            "VALUES (?, ?, ?, 'pending', ?, ?, NULL, NULL, ?, ?, ?, ?, ?, ?, NULL, ?, NULL, 0) "
+            "VALUES (?, ?, ?, 'pending', ?, ?, NULL, NULL, ?, ?, ?, ?, ?, ?, NULL, ?, NULL, 0, "
+            "?, ?, ?, NULL) "
             "ON CONFLICT (id) DO NOTHING",
             (
                 op.id,
@@ -242,6 +260,9 @@ class SQLiteStore:
                 None if op.owner else now,
                 1 + len(op.prefix),
                 op.parent_id,
+                op.queue,
+                op.priority,
+                op.dedup_key,
             ),
         )
         if cur.rowcount == 0:
@@ -457,6 +478,10 @@ class SQLiteStore:
             parent_id=row[15],
             search_attributes=json.loads(row[16]) if row[16] is not None else None,
             needs_intervention=bool(row[17]),
+            queue=row[18],
+            priority=row[19],
+            dedup_key=row[20],
+            started_at=row[21],
         )
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
@@ -543,48 +568,19 @@ class SQLiteStore:
         *,
         limit: int = 100,
         versions: Mapping[str, Sequence[int]] | None = None,
+        queues: Mapping[str, QueueLimits] | None = None,
     ) -> list[Claim]:
         """Claim runnable instances; report owned, due ones."""
         if not names:
             return []
         served, names = _served(names, versions)
+        limited = dict(queues or {})
 
         def claim() -> list[Claim]:
             conn = self._w
             conn.execute("BEGIN IMMEDIATE")
             try:
-                now = self._clock()
-                claims = [
-                    Claim(i, r, e, False)
-                    for i, r, e in conn.execute(
-                        f"SELECT id, run_id, epoch FROM instances WHERE owner = ? "
-                        f"AND wake_at <= ? AND status IN {_ACTIVE} AND {served} "
-                        f"LIMIT ?",
-                        (worker_id, now, *names, limit),
-                    )
-                ]
-                for pick, pick_params in (
-                    (
-                        f"SELECT id FROM instances WHERE owner IS NULL AND status IN {_ACTIVE} "
-                        f"AND wake_at <= ? AND {served} ORDER BY wake_at LIMIT ?",
-                        (now,),
-                    ),
-                    (
-                        f"SELECT id FROM instances WHERE owner IN "
-                        f"(SELECT id FROM workers WHERE expires_at < ? AND id <> ?) "
-                        f"AND status IN {_ACTIVE} AND {served} LIMIT ?",
-                        (now, worker_id),
-                    ),
-                ):
-                    room = limit - len(claims)
-                    if room <= 0:
-                        break
-                    rows = conn.execute(
-                        f"UPDATE instances SET owner = ?, epoch = epoch + 1, updated_at = ? "
-                        f"WHERE id IN ({pick}) RETURNING id, run_id, epoch",
-                        (worker_id, now, *pick_params, *names, room),
-                    ).fetchall()
-                    claims += [Claim(i, r, e, True) for i, r, e in rows]
+                claims = self._claim(conn, worker_id, served, names, limit, limited)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -592,6 +588,91 @@ class SQLiteStore:
             return claims
 
         return await self._in(self._writer, claim)
+
+    def _claim(
+        self,
+        conn: sqlite3.Connection,
+        worker_id: str,
+        served: str,
+        names: list[str],
+        limit: int,
+        limited: dict[str, QueueLimits],
+    ) -> list[Claim]:
+        now = self._clock()
+        claims = [
+            Claim(i, r, e, False)
+            for i, r, e in conn.execute(
+                f"SELECT id, run_id, epoch FROM instances WHERE owner = ? "
+                f"AND wake_at <= ? AND status IN {_ACTIVE} AND {served} LIMIT ?",
+                (worker_id, now, *names, limit),
+            )
+        ]
+        unowned = f"owner IS NULL AND status IN {_ACTIVE} AND wake_at <= ? AND {served}"
+        marks = ", ".join("?" * len(limited))
+        not_limited = f"NOT (started_at IS NULL AND queue IN ({marks}))" if limited else "1"
+        picks: list[tuple[str, tuple[Any, ...], int]] = [
+            (
+                f"SELECT id FROM instances WHERE {unowned} AND {not_limited} "
+                f"ORDER BY priority DESC, wake_at LIMIT ?",
+                (now, *names, *limited),
+                limit,
+            )
+        ]
+        for queue, room in sqlite_queues.instance_room(conn, limited, now).items():
+            picks.append(
+                (
+                    f"SELECT id FROM instances WHERE {unowned} AND queue = ? "
+                    f"AND started_at IS NULL "
+                    f"ORDER BY priority DESC, wake_at LIMIT ?",
+                    (now, *names, queue),
+                    room,
+                )
+            )
+        picks.append(
+            (
+                f"SELECT id FROM instances WHERE owner IN "
+                f"(SELECT id FROM workers WHERE expires_at < ? AND id <> ?) "
+                f"AND status IN {_ACTIVE} AND {served} LIMIT ?",
+                (now, worker_id, *names),
+                limit,
+            )
+        )
+        for pick, params, cap in picks:
+            room = min(cap, limit - len(claims))
+            if room <= 0:
+                continue
+            rows = conn.execute(
+                f"UPDATE instances SET owner = ?, epoch = epoch + 1, updated_at = ?, "
+                f"started_at = COALESCE(started_at, ?) "
+                f"WHERE id IN ({pick}) RETURNING id, run_id, epoch",
+                (worker_id, now, now, *params, room),
+            ).fetchall()
+            claims += [Claim(i, r, e, True) for i, r, e in rows]
+        return claims
+
+    async def claim_tasks(
+        self, worker_id: str, queues: Mapping[str, QueueLimits], limits: Mapping[str, int]
+    ) -> list[TaskRecord]:
+        """Claim ready tasks of the served queues within their limits."""
+
+        def claim() -> list[TaskRecord]:
+            conn = self._w
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                tasks = sqlite_queues.claim_tasks(
+                    conn, self._codec, worker_id, queues, limits, self._clock()
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return tasks
+
+        return await self._in(self._writer, claim)
+
+    async def queue_stats(self, queue: str) -> dict[str, int]:
+        """Counts of the queue's tasks by status."""
+        return await self._in(self._reader, lambda: sqlite_queues.stats(self._r, queue))
 
     async def next_wake(
         self, names: Sequence[str], *, versions: Mapping[str, Sequence[int]] | None = None

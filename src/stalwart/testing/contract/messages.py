@@ -422,7 +422,7 @@ class MessagesContract:
         for op in ops:
             clock.advance(0.5)
             outcome = await _write1(store, op)
-            target = op.id if isinstance(op, CreateInstance) else op.instance_id
+            target = op.id if isinstance(op, CreateInstance) else getattr(op, "instance_id", "")
             if isinstance(op, CreateInstance):
                 assert outcome.record is not None, "CreateInstance must return the record"
             if outcome.record is not None:
