@@ -35,6 +35,7 @@ import pytest
 from stalwart.testing.contract._support import FakeClock, PeerOpener
 from stalwart.testing.contract.distribution import DistributionContract
 from stalwart.testing.contract.messages import MessagesContract
+from stalwart.testing.contract.queues import QueuesContract
 from stalwart.testing.contract.reads import ReadsContract
 from stalwart.testing.contract.writes import WritesContract
 
@@ -42,7 +43,9 @@ __all__ = ["FakeClock", "PeerOpener", "StoreContract"]
 
 
 @pytest.mark.asyncio
-class StoreContract(WritesContract, MessagesContract, DistributionContract, ReadsContract):
+class StoreContract(
+    WritesContract, MessagesContract, DistributionContract, ReadsContract, QueuesContract
+):
     """The conformance suite for :class:`stalwart.store.base.Store` adapters.
 
     Subclass it (with a name pytest collects, such as ``TestMyStore``) and provide:
