@@ -21,6 +21,7 @@ from stalwart._engine.events import (
     HistoryEvent,
     UpdateCompleted,
     UpdateRejected,
+    WorkflowContinuedAsNew,
     WorkflowStarted,
     WorkflowTerminated,
 )
@@ -615,6 +616,7 @@ class WorkflowHandle(Generic[R]):
                 local = worker is not None and rec.owner == worker.id
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), fallback if local else delay)
+                event.clear()
                 delay = min(delay * 2, 0.5)
         finally:
             self.engine._closed_events.pop(self.id, None)
@@ -670,16 +672,30 @@ class WorkflowHandle(Generic[R]):
         async with self._current_run() as run:
             return run.query(name, data)
 
-    async def update(self, name: str, *args: Any, timeout: float | None = None) -> Any:
+    async def update(
+        self,
+        name: str,
+        *args: Any,
+        timeout: float | None = None,
+        update_id: str | None = None,
+    ) -> Any:
         """Send an update and wait for the handler's result (or its error).
 
         The validator runs before anything is recorded: a refused update raises
         :class:`UpdateFailedError` with ``rejected=True``; a handler that raises gives
         ``rejected=False``. Unknown names raise :class:`UnknownHandlerError`.
+
+        A ``TimeoutError`` does not withdraw the request. To retry safely, pass your own
+        ``update_id``: a repeated id is applied once and returns the first call's outcome.
         """
         data = [self.engine.converter.to_data(a, Any, path=f"update {name!r}") for a in args]
         defn = self._defn
         rec = await self._record()
+        if update_id is not None:
+            validate_instance_id(update_id)
+            done = await self._find_decided_update(update_id, rec.run_id)
+            if done is not None:
+                return self._update_result(name, done)
         if defn is not None or self.engine.registry.workflow(rec.name, rec.version) is not None:
             # Check the request against the current state first, so a bad request is
             # refused without touching the store.
@@ -687,9 +703,12 @@ class WorkflowHandle(Generic[R]):
                 error = run.validate_update(name, data)
             if error is not None:
                 self._raise_update_error(name, error, rejected=True)
-        update_id = uuid.uuid4().hex
+        update_id = update_id or uuid.uuid4().hex
         await self._send("update", name, {"id": update_id, "args": data})
-        outcome = await asyncio.wait_for(self._wait_update(update_id), timeout)
+        outcome = await asyncio.wait_for(self._wait_update(update_id, rec.run_id), timeout)
+        return self._update_result(name, outcome)
+
+    def _update_result(self, name: str, outcome: UpdateCompleted | UpdateRejected) -> Any:
         if isinstance(outcome, UpdateRejected):
             self._raise_update_error(name, outcome.error, rejected=True)
         assert isinstance(outcome, UpdateCompleted)
@@ -708,24 +727,60 @@ class WorkflowHandle(Generic[R]):
             rejected=rejected,
         )
 
-    async def _wait_update(self, update_id: str) -> UpdateCompleted | UpdateRejected:
+    async def _wait_update(self, update_id: str, run_id: str) -> UpdateCompleted | UpdateRejected:
         key = update_key(update_id)
         event = self.engine._closed_event(key)
         delay = 0.005
         try:
             while True:
-                for item in reversed(await self.history()):
-                    found = item.event
-                    if (
-                        isinstance(found, UpdateCompleted | UpdateRejected)
-                        and found.update_id == update_id
-                    ):
-                        return found
+                found = await self._find_update(update_id, run_id)
+                if found is not None:
+                    return found
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), delay)
+                event.clear()
                 delay = min(delay * 2, 0.5)
         finally:
             self.engine._closed_events.pop(key, None)
+
+    async def _find_decided_update(
+        self, update_id: str, run_id: str, *, runs: int = 20
+    ) -> UpdateCompleted | UpdateRejected | None:
+        """An update decided in this run or one of the ``runs`` runs it continues."""
+        store = self.engine.store
+        for _ in range(runs):
+            history = await store.load_history(self.id, run_id)
+            for item in history:
+                found = item.event
+                if (
+                    isinstance(found, UpdateCompleted | UpdateRejected)
+                    and found.update_id == update_id
+                ):
+                    return found
+            first = history[0].event if history else None
+            if not isinstance(first, WorkflowStarted) or first.previous_run_id is None:
+                return None
+            run_id = first.previous_run_id
+        return None
+
+    async def _find_update(
+        self, update_id: str, run_id: str
+    ) -> UpdateCompleted | UpdateRejected | None:
+        """The outcome of an update sent during run ``run_id``, following continue-as-new."""
+        store = self.engine.store
+        while True:
+            history = await store.load_history(self.id, run_id)
+            for item in history:
+                found = item.event
+                if (
+                    isinstance(found, UpdateCompleted | UpdateRejected)
+                    and found.update_id == update_id
+                ):
+                    return found
+            last = history[-1].event if history else None
+            if not isinstance(last, WorkflowContinuedAsNew):
+                return None
+            run_id = last.new_run_id
 
     @contextlib.asynccontextmanager
     async def _current_run(self) -> AsyncIterator[WorkflowRun]:

@@ -149,3 +149,32 @@ async def test_first_races_deterministically(make_engine: EngineFactory, max_cac
     assert timer == [1, None]
     assert act == [0, "slept 0.01"]
     assert late == ["nothing finished within 0.05 seconds"]
+
+
+@workflow(name="i_batches")
+async def i_batches(ctx: WorkflowContext, count: int) -> int:
+    seen = 0
+
+    @ctx.update_handler("bump")
+    def bump() -> int:
+        nonlocal seen
+        seen += 1
+        return count + seen
+
+    await ctx.wait_condition(lambda: seen > 0)
+    if count + seen >= 2:
+        return count + seen
+    ctx.continue_as_new(count + seen)
+
+
+async def test_update_answered_across_continue_as_new_and_retried_by_id(
+    make_engine: EngineFactory,
+) -> None:
+    engine = make_engine(workflows=[i_batches], activities=[])
+    async with engine:
+        h = await i_batches.start(engine, 0, id="batches")
+        assert await h.update("bump", timeout=5, update_id="u-1") == 1
+        # A retry with the same id returns the first outcome and applies nothing again.
+        assert await h.update("bump", timeout=5, update_id="u-1") == 1
+        assert await h.update("bump", timeout=5) == 2
+        assert await h.result(timeout=5) == 2

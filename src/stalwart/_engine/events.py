@@ -46,6 +46,8 @@ class WorkflowStarted(Event):
     input: list[JSON]
     run_id: str
     timeout: float | None = None
+    previous_run_id: str | None = None
+    """The run this one continues (continue-as-new), if any."""
 
     def describe(self) -> str:
         return f"WorkflowStarted({self.name!r} v{self.version})"

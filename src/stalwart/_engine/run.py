@@ -150,6 +150,7 @@ class WorkflowRun:
         self._querying = False
         self.search_attributes: dict[str, JSON] = {}
         self.compensating = False
+        self.seen_updates: set[str] = set()
         self.intervention: asyncio.Future[None] | None = None
         self._main: asyncio.Task[Any] | None = None
         self.outcome: RunOutcome | None = None
@@ -552,7 +553,12 @@ class WorkflowRun:
                 child.done = True
                 if not child.future.done():
                     child.future.set_result(event)
+        elif isinstance(event, ev.UpdateAccepted | ev.UpdateRejected) and (
+            event.update_id in self.seen_updates
+        ):
+            pass  # a retried request with an id already decided: applied once
         elif isinstance(event, ev.UpdateAccepted):
+            self.seen_updates.add(event.update_id)
             handler = self.update_handlers.get(event.name)
             if handler is None:
                 error = {
@@ -567,7 +573,7 @@ class WorkflowRun:
             if fut is not None and not fut.done():
                 fut.set_result(None)
         elif isinstance(event, ev.UpdateRejected):
-            pass  # recorded for the caller; the workflow's state is untouched
+            self.seen_updates.add(event.update_id)  # the workflow's state is untouched
         elif isinstance(event, ev.SignalReceived) and event.name in self.signal_handlers:
             self.signal_handlers[event.name](event.payload)
         elif isinstance(event, ev.SignalReceived):

@@ -481,6 +481,8 @@ class Worker:
                 event, ev.ActivityCompleted | ev.ActivityFailed | ev.ActivityAttemptFailed
             ):
                 inst.activity_tasks.pop(event.cmd, None)
+            if isinstance(event, UpdateRequest) and event.update_id in run.seen_updates:
+                continue  # a retry of a decided update: its outcome is already recorded
             if isinstance(event, UpdateRequest):
                 # Validated against the state as of this point in the batch, live only:
                 # the decision is what gets recorded, so replay never re-runs validators.
@@ -578,6 +580,7 @@ class Worker:
                 input=outcome.event.input,
                 run_id=outcome.event.new_run_id,
                 timeout=run.started.timeout,
+                previous_run_id=inst.run_id,
             )
             return AppendEvents(
                 inst.id,
