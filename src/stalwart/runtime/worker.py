@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -190,6 +190,9 @@ class Worker:
         self._heartbeat.start()
         self._scan_task = self._loop.create_task(self._scan_loop(), name="stalwart-claims")
         self.tasks.start()
+        wait_for_wake = getattr(self.store, "wait_for_wake", None)
+        if callable(wait_for_wake):
+            self._spawn(self._listen(wait_for_wake))
 
     async def _register(self) -> None:
         now = self.store.now()
@@ -316,6 +319,20 @@ class Worker:
                 timeout = max(0.0, min(timeout, wake - self.clock.now()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._scan_kick.wait(), timeout)
+
+    async def _listen(self, wait_for_wake: Callable[[float], Awaitable[bool]]) -> None:
+        """Wake the claim loops on the store's notifications (PostgreSQL LISTEN/NOTIFY):
+        work made by other processes is picked up at once, not at the next poll."""
+        while not self._stopping:
+            try:
+                woken = await wait_for_wake(self.options.poll_interval)
+            except StoreError as exc:
+                self._store_failed(exc)
+                await asyncio.sleep(min(1.0, self.options.poll_interval))
+                continue
+            if woken:
+                self.kick()
+                self.tasks.kick()
 
     def _store_failed(self, exc: Exception) -> None:
         if not self._store_failing:
