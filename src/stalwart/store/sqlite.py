@@ -69,6 +69,8 @@ _INSTANCE_COLS = (
     "needs_intervention, queue, priority, dedup_key, started_at"
 )
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+WAKE_POLL = 0.05
+"""Seconds between checks for other processes' commits (see wait_for_wake)."""
 
 
 class SQLiteStore:
@@ -103,6 +105,7 @@ class SQLiteStore:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="stalwart-sqlite-writer")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="stalwart-sqlite-reader")
         self._wconn: sqlite3.Connection | None = None
+        self._seen_version: int | None = None
         self._rconn: sqlite3.Connection | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -746,6 +749,31 @@ class SQLiteStore:
             self._writer,
             lambda: self._w.execute("UPDATE workers SET expires_at = 0 WHERE id = ?", (worker_id,)),
         )
+
+    async def wait_for_wake(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for another process to commit to the file.
+
+        Polls ``PRAGMA data_version`` of the writer connection every 50 ms (a read of
+        shared memory in WAL mode): it changes only when *another* connection commits, so
+        this process's own writes do not wake it. Other processes' work (starts, signals,
+        tasks) is then claimed within ~50 ms instead of at the next fallback poll.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            version = await self._in(self._writer, self._data_version)
+            if self._seen_version is not None and version != self._seen_version:
+                self._seen_version = version
+                return True
+            self._seen_version = version
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            await asyncio.sleep(min(WAKE_POLL, remaining))
+
+    def _data_version(self) -> int:
+        (version,) = self._w.execute("PRAGMA data_version").fetchone()
+        return int(version)
 
     def heartbeat_session(self) -> SQLiteHeartbeat:
         """A connection for renewing leases from a dedicated thread."""
