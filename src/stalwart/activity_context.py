@@ -13,9 +13,10 @@ from stalwart.errors import ActivityCancelledError, StalwartError
 class ActivityContext:
     """The durable call an activity body is executing (``stalwart.activity_context()``).
 
-    ``idempotency_key`` (``"<instance id>:<command number>"``) is the same on every attempt
-    of the same call, including re-executions after a crash: pass it to downstream
-    services so an at-least-once activity has an exactly-once effect.
+    ``idempotency_key`` (``"<instance id>:<run>:<command number>"``) is the same on every
+    attempt of the same call, including re-executions after a crash, and differs between
+    runs of a workflow that continues as new: pass it to downstream services so an
+    at-least-once activity has an exactly-once effect.
 
     Long activities call :meth:`heartbeat` regularly: it proves liveness (an activity
     with a ``heartbeat_timeout`` that stops heartbeating fails its attempt), records
@@ -48,7 +49,7 @@ class ActivityContext:
     @property
     def idempotency_key(self) -> str:
         """A key stable across attempts and crashes of this one call."""
-        return f"{self.instance_id}:{self.cmd}"
+        return f"{self.instance_id}:{self.run_id[:12]}:{self.cmd}"
 
     def heartbeat(self, details: Any = None) -> None:
         """Report liveness and progress (JSON-able ``details``); raises

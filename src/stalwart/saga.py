@@ -82,6 +82,8 @@ class SagaScope:
             if exc is None and self._parent is not None:
                 self._parent._stack.extend(self._stack)  # an outer failure undoes these too
             return False
+        if not self.has_steps:
+            return False  # nothing to undo: the original failure propagates as it is
         reason = (
             f"cancelled: {exc.reason}"
             if isinstance(exc, Cancelled)
@@ -126,10 +128,14 @@ class SagaScope:
         run = self._ctx._run
         while self._stack:
             comp = self._stack.pop()
-            run.record(ev.CompensationStarted(step=comp.step, name=comp.name, reason=reason))
+            run.record(
+                ev.CompensationStarted(
+                    step=comp.step, name=comp.name, reason=reason, undo=comp.undo_name
+                )
+            )
             while True:
                 try:
-                    await comp.undo()
+                    await _uncancellable(comp.undo)
                 except Exception as exc:  # noqa: BLE001 - recorded; an operator decides
                     error = error_info(exc)
                     run.record(ev.CompensationFailed(step=comp.step, name=comp.name, error=error))
@@ -152,6 +158,18 @@ class SagaScope:
             await self._ctx.call_activity(saga_alert_activity(), (payload,), {})
         except ActivityError:
             self._ctx.log.error("the saga alert hook failed for %s", self._ctx.instance_id)
+
+
+async def _uncancellable(undo: Callable[[], Awaitable[Any]]) -> Any:
+    """Run a compensation to its end even if the workflow is cancelled meanwhile: a
+    rollback that stops half-way is worse than none."""
+    task = asyncio.ensure_future(undo())
+    while True:
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                return task.result()
 
 
 def _fire_alert(payload: dict[str, Any]) -> None:

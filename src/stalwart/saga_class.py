@@ -31,7 +31,7 @@ import asyncio
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, dataclass_transform, overload
 
 from stalwart._engine import events as ev
 from stalwart.context import WorkflowContext
@@ -58,13 +58,24 @@ class StepSpec:
     """Run the compensation even when the step itself failed (it receives ``None``)."""
 
 
+@overload
+def saga_step(fn: F, /) -> F: ...
+
+
+@overload
+def saga_step(
+    *, compensate: str | None = None, optional: bool = False, compensate_on_failure: bool = False
+) -> Callable[[F], F]: ...
+
+
 def saga_step(
     fn: F | None = None,
+    /,
     *,
     compensate: str | None = None,
     optional: bool = False,
     compensate_on_failure: bool = False,
-) -> Any:
+) -> F | Callable[[F], F]:
     """Mark a method of a :class:`Saga` subclass as a step (usable bare or with options)."""
 
     def mark(method: F) -> F:
@@ -74,6 +85,7 @@ def saga_step(
     return mark(fn) if fn is not None else mark
 
 
+@dataclass_transform()
 class Saga:
     """Base class of declarative sagas (see the module docstring)."""
 

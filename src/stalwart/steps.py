@@ -72,6 +72,7 @@ def _declared_steps(history: Sequence[ev.HistoryEvent]) -> list[StepInfo]:
                     row.ended_at, row.error = when, event.value
         elif isinstance(event, ev.CompensationStarted) and event.name in rows:
             rows[event.name].status = "compensating"
+            rows[event.name].compensation = event.undo or None
         elif isinstance(event, ev.StepCompensated) and event.name in rows:
             rows[event.name].status = "compensated"
         elif isinstance(event, ev.CompensationFailed) and event.name in rows:
@@ -110,6 +111,12 @@ def _activity_steps(history: Sequence[ev.HistoryEvent]) -> list[StepInfo]:
             cmd = int(event.name.rsplit(":", 1)[1])
             if cmd in steps:
                 steps[cmd].status = "skipped"
+    if history and type(history[-1].event) in ev.TERMINAL_EVENTS:
+        for info in steps.values():
+            if info.status == "running":  # the workflow ended without waiting for it
+                info.status = "failed"
+                info.ended_at = _dt(history[-1].time)
+                info.error = {"type": "Abandoned", "message": "the workflow ended first"}
     return sorted(steps.values(), key=lambda s: s.step or 0)
 
 

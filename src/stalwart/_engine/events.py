@@ -281,6 +281,8 @@ class CompensationStarted(Event):
     step: int
     name: str
     reason: str = ""
+    undo: str = ""
+    """What undoes the step (an activity or a saga method)."""
 
     def describe(self) -> str:
         return f"CompensationStarted(step #{self.step} {self.name!r})"

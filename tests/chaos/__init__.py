@@ -1,0 +1,1 @@
+"""Process-kill acceptance tests of sagas."""
