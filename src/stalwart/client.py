@@ -9,6 +9,7 @@ import dataclasses
 import inspect
 import logging
 import signal
+import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -229,7 +230,9 @@ class Engine:
         """Open the store (applying migrations) and start the worker if enabled."""
         if self._store is not None:
             return
-        store = open_store(self.url, codec=self._codec, clock=self.clock.now)
+        # With the real clock the store keeps its own (PostgreSQL: the database's clock).
+        store_clock = time.time if isinstance(self.clock, RealClock) else self.clock.now
+        store = open_store(self.url, codec=self._codec, clock=store_clock)
         await store.open()
         self._store = store
         self._committer = GroupCommitter(store)

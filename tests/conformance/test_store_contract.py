@@ -15,11 +15,13 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from tests.postgres_support import store_url as postgres_store_url
+from tests.postgres_support import unique_schema
 
 from stalwart.store import Store, open_store
 from stalwart.testing import FakeClock, PeerOpener, StoreContract
 
-BACKENDS = ["memory", "sqlite"]
+BACKENDS = ["memory", "sqlite", "postgres"]
 
 KNOWN_ADAPTER_BUGS: dict[str, dict[str, str]] = {}
 
@@ -38,6 +40,11 @@ class TestStoreContract(StoreContract):
             return "memory://"
         if backend == "sqlite":
             return f"sqlite:///{tmp_path / 'stalwart.db'}"
+        if backend == "postgres":
+            # One database per session (created and dropped WITH (FORCE)); each test gets
+            # a fresh schema in it, which open() creates and migrates.
+            database: str = request.getfixturevalue("postgres_database")
+            return postgres_store_url(database, schema=unique_schema())
         raise AssertionError(f"no URL for backend {backend!r}")
 
     @pytest_asyncio.fixture

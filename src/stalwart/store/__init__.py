@@ -21,6 +21,9 @@ def open_store(
 
     ``memory://`` keeps everything in memory; ``sqlite:///relative.db`` or
     ``sqlite:////absolute/path.db`` (optionally ``?synchronous=NORMAL``) is a SQLite file.
+    ``postgresql://user@host:5432/db`` (optionally ``?schema=name&pool_size=N``) is a
+    PostgreSQL database; unless ``clock`` is a custom clock (not ``time.time``), its
+    database clock judges leases and due times.
     """
     url = url or DEFAULT_URL
     parsed = urlparse(url)
@@ -43,7 +46,13 @@ def open_store(
         return SQLiteStore(
             path, synchronous=options.get("synchronous", "FULL"), codec=codec, clock=clock
         )
-    raise ConfigurationError(f"unsupported store URL {url!r}: use memory:// or sqlite:///path.db")
+    if parsed.scheme in ("postgresql", "postgres"):
+        from stalwart.store.postgres import PostgresStore
+
+        return PostgresStore(url, codec=codec, clock=None if clock is time.time else clock)
+    raise ConfigurationError(
+        f"unsupported store URL {url!r}: use memory://, sqlite:///path.db or postgresql://..."
+    )
 
 
 __all__ = ["DEFAULT_URL", "Store", "open_store"]

@@ -201,6 +201,11 @@ class MemoryStore:
                 wake_at=now if inst.inbox else None,
                 current_step=None,
                 status="running",
+                search_attributes=(
+                    op.search_attributes
+                    if op.search_attributes is not None
+                    else rec.search_attributes
+                ),
             )
             self._apply_effects(op, now)
             return WriteOutcome(True, record=inst.rec)
@@ -515,6 +520,9 @@ class MemoryStore:
         with self._lock:
             now = self._clock()
             self._workers.pop(worker_id, None)
+            for task_id, task in list(self._tasks.items()):
+                if task.owner == worker_id and task.status == "running":
+                    self._tasks[task_id] = dataclasses.replace(task, status="ready", owner=None)
             for inst in self._instances.values():
                 if inst.rec.owner == worker_id:
                     inst.rec = dataclasses.replace(inst.rec, owner=None, wake_at=now)

@@ -612,7 +612,11 @@ class SQLiteStore:
         ]
         unowned = f"owner IS NULL AND status IN {_ACTIVE} AND wake_at <= ? AND {served}"
         marks = ", ".join("?" * len(limited))
-        not_limited = f"NOT (started_at IS NULL AND queue IN ({marks}))" if limited else "1"
+        not_limited = (
+            f"(queue IS NULL OR started_at IS NOT NULL OR queue NOT IN ({marks}))"
+            if limited
+            else "1"
+        )
         picks: list[tuple[str, tuple[Any, ...], int]] = [
             (
                 f"SELECT id FROM instances WHERE {unowned} AND {not_limited} "
@@ -722,6 +726,11 @@ class SQLiteStore:
                     f"UPDATE instances SET owner = NULL, wake_at = ? WHERE owner = ? "
                     f"AND status IN {_ACTIVE}",
                     (self._clock(), worker_id),
+                )
+                conn.execute(
+                    "UPDATE tasks SET status = 'ready', owner = NULL "
+                    "WHERE owner = ? AND status = 'running'",
+                    (worker_id,),
                 )
                 conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
                 conn.execute("COMMIT")

@@ -171,3 +171,25 @@ class QueuesContract:
         assert outcome.record is not None and outcome.record.id == "d1"
         assert await store.get_instance("d2") is None
         await _create(store, "d3")
+
+    async def test_instances_off_queues_are_claimed_when_limits_are_given(
+        self, store: Store, clock: FakeClock
+    ) -> None:
+        """Passing queue limits never hides instances that are on no queue."""
+        await _create(store, "plain")
+        await _register(store, clock, "a")
+        clock.advance(1.0)
+        claims = await store.claim("a", [WF], queues={"bulk": QueueLimits(concurrency=1)})
+        assert [c.instance_id for c in claims] == ["plain"]
+
+    async def test_deregistered_worker_hands_its_tasks_back(
+        self, store: Store, clock: FakeClock
+    ) -> None:
+        """A worker that deregisters with tasks running makes them ready again."""
+        await _register(store, clock, "a")
+        await _register(store, clock, "b")
+        assert (await _write1(store, _task("t1"))).ok
+        assert len(await store.claim_tasks("a", {"q": QueueLimits()}, {"q": 1})) == 1
+        await store.deregister_worker("a")
+        (task,) = await store.claim_tasks("b", {"q": QueueLimits(concurrency=1)}, {"q": 1})
+        assert (task.id, task.owner) == ("t1", "b")
