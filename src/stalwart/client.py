@@ -202,11 +202,13 @@ class Engine:
                 retry=RetryPolicy(max_attempts=5, initial_interval=1.0),
             )
         )
-        self.converter = TypeConverter()
         self.options = options or WorkerOptions()
         if queues:
             served = {q.name: q for q in (*self.options.queues, *queues)}
             self.options = dataclasses.replace(self.options, queues=tuple(served.values()))
+        self.converter = TypeConverter(
+            max_bytes=self.options.max_payload_bytes, warn_bytes=self.options.warn_payload_bytes
+        )
         self.clock: Clock = clock or RealClock()
         self._codec = codec
         self._want_worker = worker

@@ -14,7 +14,9 @@ Pickle is never used: stored data stays readable and survives code moves.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import inspect
+import logging
 import math
 import typing
 from collections.abc import Callable, Sequence
@@ -26,6 +28,8 @@ import pydantic
 import pydantic_core
 
 from stalwart.errors import ConfigurationError, EncodingError
+
+logger = logging.getLogger("stalwart")
 
 JSONValue = Any
 """JSON-able data: dict, list, str, int, float, bool or None (nested)."""
@@ -84,6 +88,12 @@ def _check_json_safe(value: Any, path: str, depth: int = 0) -> None:
         if not math.isfinite(value):
             raise EncodingError(f"{value!r} cannot be stored as JSON", path=path)
         return
+    if isinstance(value, datetime.datetime) and value.tzinfo is None:
+        raise EncodingError(
+            f"naive datetime {value.isoformat()} is ambiguous once stored; give it a "
+            "timezone (e.g. datetime.now(UTC))",
+            path=path,
+        )
     if depth > 64 or isinstance(value, str | bytes | int | bool) or value is None:
         return
     if isinstance(value, dict):
@@ -100,12 +110,33 @@ def _check_json_safe(value: Any, path: str, depth: int = 0) -> None:
             _check_json_safe(getattr(value, f.name, None), f"{path}.{f.name}", depth + 1)
 
 
+DEFAULT_MAX_PAYLOAD = 2 * 1024 * 1024
+"""Largest encoded value (bytes of JSON) accepted by default."""
+DEFAULT_WARN_PAYLOAD = 256 * 1024
+"""Encoded values larger than this (bytes of JSON) log a warning by default."""
+
+
 class TypeConverter:
-    """Converts values to and from JSON-able data according to their annotated type."""
+    """Converts values to and from JSON-able data according to their annotated type.
+
+    Encoded values larger than ``max_bytes`` are refused (:class:`EncodingError` at the
+    call site); larger than ``warn_bytes`` log a warning. Big payloads slow every replay
+    and every write: store them elsewhere and pass a reference.
+    """
+
+    def __init__(
+        self, *, max_bytes: int = DEFAULT_MAX_PAYLOAD, warn_bytes: int = DEFAULT_WARN_PAYLOAD
+    ) -> None:
+        if max_bytes < 1 or warn_bytes < 1:
+            raise ConfigurationError("payload limits must be positive")
+        self.max_bytes = max_bytes
+        self.warn_bytes = warn_bytes
 
     def to_data(self, value: Any, tp: Any, *, path: str = "value") -> JSONValue:
         """Encode ``value`` as JSON-able data, validating it against ``tp`` first."""
         if tp in _PLAIN and type(value) is tp and (tp is not float or math.isfinite(value)):
+            if type(value) is str and len(value) > self.warn_bytes // 4:
+                self._check_size(value, path)
             return value  # the common case, without a trip through pydantic
         if tp is inspect.Parameter.empty or tp is None or tp is type(None):
             tp = Any if tp is inspect.Parameter.empty else type(None)
@@ -120,7 +151,20 @@ class TypeConverter:
                 f"cannot encode {type(value).__qualname__} as {_type_name(tp)}: {_first_line(exc)}",
                 path=path,
             ) from exc
+        if isinstance(data, str | list | dict):
+            self._check_size(data, path)
         return data
+
+    def _check_size(self, data: JSONValue, path: str) -> None:
+        size = len(pydantic_core.to_json(data))
+        if size > self.max_bytes:
+            raise EncodingError(
+                f"encoded value is {size} bytes, over the limit of {self.max_bytes} bytes; "
+                "store large data elsewhere and pass a reference",
+                path=path,
+            )
+        if size > self.warn_bytes:
+            logger.warning("%s: encoded value is %d bytes (large payloads slow replay)", path, size)
 
     def from_data(self, data: JSONValue, tp: Any, *, path: str = "value") -> Any:
         """Decode JSON-able data into an instance of ``tp``."""

@@ -156,3 +156,12 @@ def test_non_finite_floats_are_refused_even_untyped() -> None:
     for value in (math.nan, {"a": math.inf}, [1.0, -math.inf], Point(1, math.nan)):
         with pytest.raises(EncodingError, match="cannot be stored as JSON"):
             conv.to_data(value, Any)
+
+
+def test_naive_datetimes_are_refused() -> None:
+    from datetime import datetime as dt
+
+    with pytest.raises(EncodingError, match="naive datetime"):
+        conv.to_data(dt(2026, 1, 1), dt)
+    with pytest.raises(EncodingError, match=r"when.*naive"):
+        conv.to_data({"when": dt(2026, 1, 1)}, Any, path="when")

@@ -87,6 +87,13 @@ class WorkerOptions:
     """Task queues this worker serves (remote activities, queued workflows), with limits."""
     history_warning: int = 10_000
     """Warn (once per run) when a run's history reaches this many events."""
+    history_limit: int = 200_000
+    """End a run (``terminated``, with the reason) whose history would pass this many
+    events: a runaway loop must not grow a history without bound."""
+    max_payload_bytes: int = 2 * 1024 * 1024
+    """Refuse encoded arguments, results and signal payloads larger than this."""
+    warn_payload_bytes: int = 256 * 1024
+    """Log a warning for encoded values larger than this."""
     liveness_interval: float = 0.25
     """How often to look for dead workers on this host (their work is taken over at once)."""
     host_id: str | None = None
@@ -549,7 +556,7 @@ class Worker:
                 inbox_cursor=inst.inbox_cursor,
             )
             return False
-        if outcome is not None or op.needs_intervention:
+        if op.status is not None:  # ended, or parked for an operator
             self._drop(inst)
             self._on_closed(inst.id)
             return False
@@ -573,6 +580,24 @@ class Worker:
             search = dict(run.search_attributes)
         if outcome is None and run.intervention is not None and not run.intervention.done():
             return self._parked_commit(inst, new, events, effects, search)
+        if outcome is None and inst.seq + len(new) >= self.options.history_limit:
+            reason = (
+                f"the run's history reached the limit of {self.options.history_limit} events; "
+                "long-running workflows should call ctx.continue_as_new()"
+            )
+            logger.error("terminating workflow %s: %s", inst.id, reason)
+            return AppendEvents(
+                inst.id,
+                self.id,
+                inst.epoch,
+                inst.seq,
+                [*events, (now, ev.WorkflowTerminated(reason=reason))],
+                status="terminated",
+                error={"type": "HistoryLimitExceeded", "message": reason},
+                inbox_upto=inst.inbox_cursor,
+                effects=effects + self._parent_close_effects(inst),
+                search_attributes=search,
+            )
         if outcome is None:
             wake = inst.next_wake()
             return AppendEvents(
