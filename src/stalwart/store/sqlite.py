@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sqlite3
 import threading
@@ -106,6 +107,10 @@ class SQLiteStore:
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="stalwart-sqlite-reader")
         self._wconn: sqlite3.Connection | None = None
         self._seen_version: int | None = None
+        self._wlock = threading.Lock()
+        # Committing on the event loop is only worth it when a commit is quick; with
+        # FULL/EXTRA every commit waits for the disk, which the loop must not do.
+        self._inline_ok = synchronous in ("OFF", "NORMAL")
         self._rconn: sqlite3.Connection | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -177,14 +182,32 @@ class SQLiteStore:
         return self._rconn
 
     async def _in(self, executor: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
+        if executor is self._writer:
+            fn = functools.partial(self._locked, fn)
         try:
             return await asyncio.get_running_loop().run_in_executor(executor, fn)
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite error: {exc}") from exc
 
+    def _locked(self, fn: Callable[[], T]) -> T:
+        with self._wlock:
+            return fn()
+
     # -- writes ------------------------------------------------------------------------
     async def write(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
-        """Apply ``ops`` in one transaction (each op a compare-and-set)."""
+        """Apply ``ops`` in one transaction (each op a compare-and-set).
+
+        A lone operation with the writer connection idle is committed right here: two
+        thread hand-offs cost more than the commit itself. Larger batches (a busy engine)
+        go to the writer thread so the event loop keeps preparing the next batch.
+        """
+        if len(ops) == 1 and self._inline_ok and self._wlock.acquire(blocking=False):
+            try:
+                return self._write_batch(ops)
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite error: {exc}") from exc
+            finally:
+                self._wlock.release()
         return await self._in(self._writer, lambda: self._write_batch(ops))
 
     def _write_batch(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
