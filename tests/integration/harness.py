@@ -180,6 +180,7 @@ class WorkerProcess:
         host_id: str | None = None,
         step_seconds: float | None = None,
         item_seconds: float | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         args = [
             sys.executable,
@@ -207,7 +208,11 @@ class WorkerProcess:
         self.concurrency = concurrency
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **env} if env else None,
             )
         self.pid = self.proc.pid
         self.worker_id: str | None = None
@@ -366,6 +371,36 @@ async def kill(engine: Engine, worker: WorkerProcess) -> Kill:
     return Kill(pid=worker.pid, dead_at=dead_at, lease_expires_at=max(expires, default=0.0))
 
 
+@dataclass
+class Disconnect:
+    """Every store connection terminated at once (e.g. ``pg_terminate_backend``).
+
+    The workers survive, but a write cut by it fails: a worker that cannot tell whether
+    its write landed rebuilds the instance from the store, so a step whose completion
+    was in that write runs again. Writes can fail until the pools have weeded out their
+    dead connections, ``window`` seconds at most.
+    """
+
+    at: float
+    """Time the connections were terminated (just before)."""
+    terminated: int = 0
+    """How many connections were terminated."""
+    window: float = 3.0
+    done: set[Pair] = field(default_factory=set)
+    """Pairs whose completion was recorded before the disconnect."""
+    in_flight: set[Pair] = field(default_factory=set)
+    """Pairs scheduled before the end of the window and completed after the disconnect."""
+
+    def classify(self, final: dict[str, dict[int, StepRecord]]) -> None:
+        """Fill ``done`` and ``in_flight`` from the final histories."""
+        for instance, steps in final.items():
+            for step, rec in steps.items():
+                if rec.completions and rec.completions[0] <= self.at:
+                    self.done.add((instance, step))
+                elif rec.scheduled and rec.scheduled[0] <= self.at + self.window:
+                    self.in_flight.add((instance, step))
+
+
 # ----------------------------------------------------------------------------- invariants
 @dataclass
 class Report:
@@ -378,6 +413,8 @@ class Report:
     """Re-executions caused by each kill."""
     exposure: list[float]
     """Per kill, the age of the oldest execution whose completion was not yet recorded."""
+    per_disconnect: list[int] = field(default_factory=list)
+    """Re-executions caused by each disconnect."""
 
 
 def check_invariants(
@@ -387,8 +424,15 @@ def check_invariants(
     final: dict[str, dict[int, StepRecord]],
     kills: list[Kill],
     concurrency: int,
+    disconnects: list[Disconnect] | None = None,
 ) -> Report:
-    """Assert the at-least-once / exactly-once-recorded invariants (module docstring)."""
+    """Assert the at-least-once / exactly-once-recorded invariants (module docstring).
+
+    ``disconnects`` (store connections terminated while the workers lived) may explain
+    re-executions too: of a pair in flight at one, whose previous execution ended before
+    the end of its window and whose next one started after it, once per disconnect.
+    """
+    disconnects = disconnects or []
     runs: dict[Pair, list[Execution]] = defaultdict(list)
     for ex in executions:
         runs[ex.pair].append(ex)
@@ -413,6 +457,8 @@ def check_invariants(
     )
     for k in kills:
         k.classify(final)
+    for d in disconnects:
+        d.classify(final)
 
     # A pair done at a kill never runs after it.
     for k in kills:
@@ -420,14 +466,19 @@ def check_invariants(
         assert not rerun, f"steps done before the kill of {k.pid} ran again: {rerun[:5]}"
         ghost = [ex for ex in executions if ex.pid == k.pid and ex.finished_at > k.dead_at]
         assert not ghost, f"killed worker {k.pid} executed after its death: {ghost[:5]}"
+    for d in disconnects:
+        rerun = [ex for ex in executions if ex.pair in d.done and ex.finished_at > d.at]
+        assert not rerun, f"steps done before the disconnect at {d.at} ran again: {rerun[:5]}"
 
     # Each re-execution is explained by a distinct kill of the worker that ran the
     # previous execution, at which the pair was in flight.
     unexplained = []
     per_kill = [0] * len(kills)
     exposure = [0.0] * len(kills)
+    per_disconnect = [0] * len(disconnects)
     for pair, v in runs.items():
         used: set[int] = set()
+        used_disconnects: set[int] = set()
         for prev, nxt in pairwise(v):
             cause = next(
                 (
@@ -441,7 +492,23 @@ def check_invariants(
                 None,
             )
             if cause is None:
-                unexplained.append((pair, prev, nxt))
+                # Not a kill: a disconnect that cut the write recording ``prev``?
+                cut = next(
+                    (
+                        n
+                        for n, d in enumerate(disconnects)
+                        if n not in used_disconnects
+                        and prev.finished_at <= d.at + d.window
+                        and d.at <= nxt.started_at
+                        and pair in d.in_flight
+                    ),
+                    None,
+                )
+                if cut is None:
+                    unexplained.append((pair, prev, nxt))
+                else:
+                    used_disconnects.add(cut)
+                    per_disconnect[cut] += 1
             else:
                 used.add(cause)
                 per_kill[cause] += 1
@@ -460,10 +527,11 @@ def check_invariants(
     # A kill can cause at most one re-execution per pair in flight at it, and a worker
     # holds an activity slot until the result is committed, so at most `concurrency`.
     duplicates = sum(len(v) - 1 for v in runs.values())
-    bound = sum(len(k.in_flight) for k in kills)
+    bound = sum(len(k.in_flight) for k in kills) + sum(len(d.in_flight) for d in disconnects)
     assert duplicates <= bound, f"{duplicates} duplicate executions, at most {bound} possible"
-    assert duplicates <= len(kills) * concurrency, (
-        f"{duplicates} duplicate executions for {len(kills)} kill(s) at concurrency {concurrency}"
+    assert sum(per_kill) <= len(kills) * concurrency, (
+        f"{sum(per_kill)} duplicate executions for {len(kills)} kill(s) "
+        f"at concurrency {concurrency}"
     )
     return Report(
         executions=len(executions),
@@ -471,6 +539,7 @@ def check_invariants(
         duplicated_pairs=sorted(p for p, v in runs.items() if len(v) > 1),
         per_kill=per_kill,
         exposure=exposure,
+        per_disconnect=per_disconnect,
     )
 
 

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+from stalwart import faults
 from stalwart.store.base import Store, WriteOp, WriteOutcome
 
 logger = logging.getLogger("stalwart.runtime")
@@ -81,7 +82,9 @@ class GroupCommitter:
             del self._queue[: len(batch)]
             self._committing = True
             try:
+                faults.point("commit.before")
                 outcomes = await self._store.write([op for op, _ in batch])
+                faults.point("commit.after")
             except Exception as exc:  # noqa: BLE001 - every waiter receives the failure
                 logger.warning("group commit of %d operation(s) failed: %s", len(batch), exc)
                 for _, fut in batch:

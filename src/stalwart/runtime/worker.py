@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from stalwart import faults
 from stalwart._engine import events as ev
 from stalwart.codec import TypeConverter
 from stalwart.decorators import Registry, WorkflowDefinition
@@ -832,6 +833,7 @@ class Worker:
                 executor=self._executor,
                 now=self.clock.now,
             )
+            faults.point("activity.after_result")
             if inst.closed:
                 return
             inst.incoming.append(event)
