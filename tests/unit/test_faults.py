@@ -10,7 +10,7 @@ from stalwart import faults
 def test_plan_fires_at_the_nth_hit_only() -> None:
     plan = faults.FaultPlan.parse("commit.before:raise:2, activity.after_result:raise")
     plan.hit("commit.before")
-    with pytest.raises(faults.InjectedFault, match="commit.before"):
+    with pytest.raises(faults.InjectedFault, match=r"commit\.before"):
         plan.hit("commit.before")
     plan.hit("commit.before")  # only the 2nd hit fires
     with pytest.raises(faults.InjectedFault):
