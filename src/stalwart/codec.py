@@ -146,7 +146,11 @@ class TypeConverter:
             if tp is not Any:
                 value = adapter.validate_python(value)
             data = adapter.dump_python(value, mode="json", warnings="error")
-        except (pydantic.ValidationError, pydantic_core.PydanticSerializationError) as exc:
+        except (
+            pydantic.ValidationError,
+            pydantic_core.PydanticSerializationError,
+            ValueError,
+        ) as exc:  # ValueError: e.g. bytes that are not UTF-8 text
             raise EncodingError(
                 f"cannot encode {type(value).__qualname__} as {_type_name(tp)}: {_first_line(exc)}",
                 path=path,
