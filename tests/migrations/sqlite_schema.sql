@@ -8,6 +8,7 @@
 -- migration 4: 0004_search_attributes.sql
 -- migration 5: 0005_sagas.sql
 -- migration 6: 0006_queues.sql
+-- migration 7: 0007_recoveries.sql
 
 -- index inbox_instance (on inbox)
 CREATE INDEX inbox_instance ON inbox (instance_id, id);
@@ -92,7 +93,7 @@ CREATE TABLE instances (
     history_len  INTEGER NOT NULL,
     current_step TEXT,
     parent_id    TEXT
-, search_attributes TEXT, needs_intervention INTEGER NOT NULL DEFAULT 0, queue TEXT, priority INTEGER NOT NULL DEFAULT 0, dedup_key TEXT, started_at REAL);
+, search_attributes TEXT, needs_intervention INTEGER NOT NULL DEFAULT 0, queue TEXT, priority INTEGER NOT NULL DEFAULT 0, dedup_key TEXT, started_at REAL, recoveries INTEGER NOT NULL DEFAULT 0);
 
 -- table sqlite_sequence (on sqlite_sequence)
 CREATE TABLE sqlite_sequence(name,seq);

@@ -119,3 +119,79 @@ async def test_stale_owner_is_fenced_after_takeover(tmp_path: Path) -> None:
 
 async def _true_if(value: bool) -> bool:
     return value
+
+
+HANG = asyncio.Event()
+
+
+@activity
+async def u_hang() -> None:
+    await HANG.wait()
+
+
+@workflow(name="u_poison")
+async def u_poison(ctx: WorkflowContext) -> None:
+    await u_hang()
+
+
+async def _play_dead(engine: Engine) -> None:
+    """Make an in-process worker behave like a killed one: no claims, no lease renewal,
+    its instances abandoned in memory, its lease expired (nothing is handed back)."""
+    worker = engine.worker
+    assert worker is not None
+    worker._stopping = True
+    worker._scan_kick.set()
+    if worker._heartbeat is not None:
+        await asyncio.to_thread(worker._heartbeat.stop)
+        worker._heartbeat = None
+    for inst in list(worker.live.values()):
+        worker._drop(inst)
+    await engine.store.expire_worker(worker.id)
+
+
+async def test_workflow_that_keeps_losing_its_workers_is_parked(tmp_path: Path) -> None:
+    """After more takeovers from dead workers than max_recoveries, it is suspended."""
+    HANG.clear()
+    db = tmp_path / "poison.db"
+    opts = WorkerOptions(poll_interval=0.05, shutdown_grace=0.2, max_recoveries=1)
+    engines = [
+        Engine(f"sqlite:///{db}", workflows=[u_poison], activities=[u_hang], options=opts)
+        for _ in range(3)
+    ]
+    for engine in engines:
+        await engine.open()
+    try:
+        handle = await u_poison.start(engines[0], id="poison")
+        by_id = {e.worker.id: e for e in engines if e.worker is not None}
+        for _ in range(2):
+
+            async def owned() -> bool:
+                return (await handle.describe()).owner in by_id
+
+            await wait_for(owned)
+            owner_id = (await handle.describe()).owner
+            assert owner_id is not None
+            await _play_dead(by_id[owner_id])
+            for engine in engines:
+                if engine.worker is not None:
+                    engine.worker.kick()
+
+            async def moved(previous: str = owner_id) -> bool:
+                desc = await handle.describe()
+                return desc.owner not in (None, previous) or desc.status == "suspended"
+
+            await wait_for(moved)
+
+        async def parked() -> bool:
+            return await handle.status() == "suspended"
+
+        await wait_for(parked)
+        desc = await handle.describe()
+        assert desc.error is not None and desc.error["type"] == "PoisonWorkflow"
+        HANG.set()
+        assert await handle.resume() is True
+        assert await handle.result(timeout=10) is None
+    finally:
+        HANG.set()
+        for engine in engines:
+            await engine.close()

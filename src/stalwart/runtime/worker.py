@@ -88,6 +88,9 @@ class WorkerOptions:
     """Task queues this worker serves (remote activities, queued workflows), with limits."""
     history_warning: int = 10_000
     """Warn (once per run) when a run's history reaches this many events."""
+    max_recoveries: int = 5
+    """An instance taken over from dead workers more often than this is suspended (with
+    error ``PoisonWorkflow``) instead of being run again: it may be what kills them."""
     history_limit: int = 200_000
     """End a run (``terminated``, with the reason) whose history would pass this many
     events: a runaway loop must not grow a history without bound."""
@@ -395,6 +398,9 @@ class Worker:
         defn = self.registry.workflow(rec.name, rec.version)
         if defn is None:
             return
+        if rec.recoveries > self.options.max_recoveries:
+            await self._park_poison(rec.id, rec.epoch, rec.recoveries)
+            return
         history = await self.store.load_history(rec.id, rec.run_id)
         started = history[0].event
         assert isinstance(started, ev.WorkflowStarted)
@@ -431,6 +437,17 @@ class Worker:
                 continue
             self._store_ok()
             return
+
+    async def _park_poison(self, instance_id: str, epoch: int, recoveries: int) -> None:
+        """Park an instance whose workers keep dying while running it (dead letter)."""
+        message = (
+            f"taken over {recoveries} times from workers that died while running it "
+            f"(limit {self.options.max_recoveries}); parked so the others keep flowing. "
+            "Fix the cause, then resume() it"
+        )
+        logger.error("suspending poison workflow %s: %s", instance_id, message)
+        error = {"type": "PoisonWorkflow", "message": message, "traceback": ""}
+        await self.committer.submit(Suspend(instance_id, self.id, epoch, error))
 
     async def _park(self, instance_id: str, epoch: int, exc: Exception) -> None:
         try:

@@ -57,6 +57,9 @@ class InstanceRecord:
     dedup_key: str | None = None
     started_at: float | None = None
     """When a worker first claimed the instance (queue flow control counts from it)."""
+    recoveries: int = 0
+    """Times the instance was taken over from a worker whose lease expired (a workflow
+    that keeps killing its workers is parked once this passes a limit)."""
 
 
 @dataclass(frozen=True, slots=True)

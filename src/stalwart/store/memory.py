@@ -290,7 +290,13 @@ class MemoryStore:
         if rec.status != "suspended":
             return WriteOutcome(False, "not_suspended", record=rec)
         inst.rec = dataclasses.replace(
-            rec, status="running", owner=None, wake_at=now, error=None, updated_at=now
+            rec,
+            status="running",
+            owner=None,
+            wake_at=now,
+            error=None,
+            updated_at=now,
+            recoveries=0,
         )
         return WriteOutcome(True, record=inst.rec)
 
@@ -376,6 +382,7 @@ class MemoryStore:
                         epoch=rec.epoch + 1,
                         updated_at=now,
                         started_at=now if first else rec.started_at,
+                        recoveries=rec.recoveries + (1 if rec.owner in expired else 0),
                     )
                     claims.append(Claim(rec.id, rec.run_id, rec.epoch + 1, True))
             return claims

@@ -67,7 +67,7 @@ _TERMINAL = "('completed', 'failed', 'cancelled', 'terminated', 'timed_out', 'co
 _INSTANCE_COLS = (
     "id, name, version, status, run_id, input, output, error, created_at, updated_at, "
     "owner, epoch, wake_at, history_len, current_step, parent_id, search_attributes, "
-    "needs_intervention, queue, priority, dedup_key, started_at"
+    "needs_intervention, queue, priority, dedup_key, started_at, recoveries"
 )
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 WAKE_POLL = 0.05
@@ -271,7 +271,7 @@ class SQLiteStore:
         cur = conn.execute(
             f"INSERT INTO instances ({_INSTANCE_COLS}) "
             "VALUES (?, ?, ?, 'pending', ?, ?, NULL, NULL, ?, ?, ?, ?, ?, ?, NULL, ?, NULL, 0, "
-            "?, ?, ?, NULL) "
+            "?, ?, ?, NULL, 0) "
             "ON CONFLICT (id) DO NOTHING",
             (
                 op.id,
@@ -468,7 +468,7 @@ class SQLiteStore:
     def _resume(self, conn: sqlite3.Connection, op: Resume, now: float) -> WriteOutcome:
         cur = conn.execute(
             "UPDATE instances SET status = 'running', owner = NULL, wake_at = ?, error = NULL, "
-            "updated_at = ? WHERE id = ? AND status = 'suspended'",
+            "updated_at = ?, recoveries = 0 WHERE id = ? AND status = 'suspended'",
             (now, now, op.instance_id),
         )
         if cur.rowcount == 0:
@@ -508,6 +508,7 @@ class SQLiteStore:
             priority=row[19],
             dedup_key=row[20],
             started_at=row[21],
+            recoveries=row[22],
         )
 
     async def get_instance(self, instance_id: str) -> InstanceRecord | None:
@@ -667,13 +668,14 @@ class SQLiteStore:
                 limit,
             )
         )
-        for pick, params, cap in picks:
+        for index, (pick, params, cap) in enumerate(picks):
             room = min(cap, limit - len(claims))
             if room <= 0:
                 continue
+            recovered = int(index == len(picks) - 1)  # the pick of dead workers' instances
             rows = conn.execute(
                 f"UPDATE instances SET owner = ?, epoch = epoch + 1, updated_at = ?, "
-                f"started_at = COALESCE(started_at, ?) "
+                f"started_at = COALESCE(started_at, ?), recoveries = recoveries + {recovered} "
                 f"WHERE id IN ({pick}) RETURNING id, run_id, epoch",
                 (worker_id, now, now, *params, room),
             ).fetchall()

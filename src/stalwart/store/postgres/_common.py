@@ -30,7 +30,7 @@ TERMINAL = _sql_list(TERMINAL_STATUSES)
 INSTANCE_COLS = (
     "id, name, version, status, run_id, input, output, error, created_at, updated_at, "
     "owner, epoch, wake_at, history_len, current_step, parent_id, search_attributes, "
-    "needs_intervention, queue, priority, dedup_key, started_at"
+    "needs_intervention, queue, priority, dedup_key, started_at, recoveries"
 )
 WORKER_COLS = "id, name, host, pid, started_at, expires_at, serves"
 DB_NOW = "extract(epoch FROM now())::float8"
@@ -63,6 +63,7 @@ def decode_instance(codec: Codec, row: Sequence[Any]) -> InstanceRecord:
         priority=row[19],
         dedup_key=row[20],
         started_at=row[21],
+        recoveries=row[22],
     )
 
 

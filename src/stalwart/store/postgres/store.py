@@ -412,14 +412,16 @@ class PostgresStore:
                 limit,
             )
         )
-        for pick, pick_params, cap in picks:
+        for index, (pick, pick_params, cap) in enumerate(picks):
             room = min(cap, limit - len(claims))
             if room <= 0:
                 continue
+            recovered = int(index == len(picks) - 1)  # the pick of dead workers' instances
             cur = await conn.execute(
                 f"WITH picked AS MATERIALIZED ({pick} LIMIT %(room)s FOR UPDATE SKIP LOCKED) "
                 f"UPDATE instances SET owner = %(worker)s, epoch = epoch + 1, "
-                f"updated_at = %(now)s, started_at = COALESCE(started_at, %(now)s) "
+                f"updated_at = %(now)s, started_at = COALESCE(started_at, %(now)s), "
+                f"recoveries = recoveries + {recovered} "
                 f"FROM picked WHERE instances.id = picked.id "
                 f"RETURNING instances.id, instances.run_id, instances.epoch",
                 {**pick_params, "room": room},

@@ -132,7 +132,7 @@ class Batch:
             await self._cur.execute(
                 f"INSERT INTO instances ({INSTANCE_COLS}) "
                 "VALUES (%s, %s, %s, 'pending', %s, %s, NULL, NULL, %s, %s, %s, %s, %s, %s, "
-                "NULL, %s, NULL, false, %s, %s, %s, NULL) ON CONFLICT DO NOTHING "
+                "NULL, %s, NULL, false, %s, %s, %s, NULL, 0) ON CONFLICT DO NOTHING "
                 f"RETURNING {INSTANCE_COLS}",
                 (
                     op.id,
@@ -354,7 +354,8 @@ class Batch:
     async def _resume(self, op: Resume) -> WriteOutcome:
         await self._cur.execute(
             "UPDATE instances SET status = 'running', owner = NULL, wake_at = %s, "
-            "error = NULL, updated_at = %s WHERE id = %s AND status = 'suspended' "
+            "error = NULL, updated_at = %s, recoveries = 0 WHERE id = %s "
+            "AND status = 'suspended' "
             f"RETURNING {INSTANCE_COLS}",
             (self._now, self._now, op.instance_id),
         )

@@ -9,8 +9,10 @@ import pytest
 from stalwart.store.base import (
     TERMINAL_STATUSES,
     AppendEvents,
+    Resume,
     SendMessage,
     Store,
+    Suspend,
     WorkerRecord,
 )
 from stalwart.testing.contract._support import (
@@ -315,3 +317,20 @@ class DistributionContract:
             ("b", 2, True),
             ("fresh", 2, True),
         ]
+
+    async def test_takeovers_from_dead_workers_are_counted(
+        self, store: Store, clock: FakeClock
+    ) -> None:
+        """Each claim from an expired owner counts a recovery; Resume starts over."""
+        await _running(store, clock, "i1")
+        assert (await _get(store, "i1")).recoveries == 0
+        for n, (dead, taker) in enumerate((("w1", "w2"), ("w2", "w3")), start=1):
+            await _register(store, clock, taker)
+            await store.expire_worker(dead)
+            clock.advance(1.0)
+            assert [c.instance_id for c in await store.claim(taker, [WF])] == ["i1"]
+            assert (await _get(store, "i1")).recoveries == n
+        rec = await _get(store, "i1")
+        assert (await _write1(store, Suspend("i1", "w3", rec.epoch, {"type": "X"}))).ok
+        assert (await _write1(store, Resume("i1"))).ok
+        assert (await _get(store, "i1")).recoveries == 0

@@ -1,0 +1,2 @@
+-- How many times an instance was taken over from a worker that died (poison detection).
+ALTER TABLE instances ADD COLUMN recoveries integer NOT NULL DEFAULT 0;
