@@ -236,8 +236,12 @@ class WorkerProcess:
         workers could not tell it died.
         """
         self.proc.send_signal(signal.SIGKILL)
-        await asyncio.to_thread(self.proc.wait)
-        return time.time()
+
+        def reap() -> float:
+            self.proc.wait()
+            return time.time()  # here, not on a (maybe busy) event loop: as early as known
+
+        return await asyncio.to_thread(reap)
 
     async def terminate(self, timeout: float = 30.0) -> int:
         """SIGTERM (graceful stop) and wait; return the exit status."""
@@ -348,6 +352,8 @@ class Kill:
     """Time the process was reaped (it can have done nothing later)."""
     lease_expires_at: float
     """Its lease expiry as stored right after the kill (0 if already expired)."""
+    signalled_at: float = 0.0
+    """Time SIGKILL was sent (the process died between this and ``dead_at``)."""
     done: set[Pair] = field(default_factory=set)
     """Pairs whose completion was recorded before the kill (from the final history)."""
     in_flight: set[Pair] = field(default_factory=set)
@@ -366,9 +372,15 @@ class Kill:
 async def kill(engine: Engine, worker: WorkerProcess) -> Kill:
     """SIGKILL ``worker``; record when it died and when its lease runs out."""
     assert worker.alive(), f"worker {worker.pid} died on its own:\n{worker.log_text()}"
+    signalled_at = time.time()
     dead_at = await worker.kill()
     expires = [w.expires_at for w in await engine.store.list_workers() if w.pid == worker.pid]
-    return Kill(pid=worker.pid, dead_at=dead_at, lease_expires_at=max(expires, default=0.0))
+    return Kill(
+        pid=worker.pid,
+        dead_at=dead_at,
+        lease_expires_at=max(expires, default=0.0),
+        signalled_at=signalled_at,
+    )
 
 
 @dataclass
@@ -486,7 +498,10 @@ def check_invariants(
                     for n, k in enumerate(kills)
                     if n not in used
                     and k.pid == prev.pid
-                    and prev.finished_at <= k.dead_at <= nxt.started_at
+                    and prev.finished_at <= k.dead_at
+                    # It died after the signal: others may have seen it gone before we
+                    # reaped it (a zombie counts as gone) and started the pair again.
+                    and (k.signalled_at or k.dead_at) <= nxt.started_at
                     and pair in k.in_flight
                 ),
                 None,

@@ -421,6 +421,9 @@ class Worker:
             await self.committer.submit(Suspend(rec.id, self.id, rec.epoch, error_info(exc)))
             return
         inst.seq = len(history)
+        if rec.id in self.live:  # loaded meanwhile by another path: keep that copy
+            inst.run.close()
+            return
         self.live[rec.id] = inst
         self._kick(inst)
 
@@ -429,12 +432,17 @@ class Worker:
         delay = 0.1
         while not self._stopping:
             await asyncio.sleep(delay)
+            if instance_id in self._loading or instance_id in self.live:
+                return  # the claim loop got to it first
+            self._loading.add(instance_id)
             try:
                 await self._load_claimed(Claim(instance_id, run_id, epoch, False))
             except StoreError as exc:
                 self._store_failed(exc)
                 delay = min(delay * 2, 5.0)
                 continue
+            finally:
+                self._loading.discard(instance_id)
             self._store_ok()
             return
 
