@@ -752,28 +752,22 @@ class WorkflowHandle(Generic[R]):
         self, update_id: str, run_id: str, *, runs: int = 20
     ) -> UpdateCompleted | UpdateRejected | None:
         """An update decided in this run or one of the ``runs`` runs it continues."""
-        store = self.engine.store
-        for _ in range(runs):
-            history = await store.load_history(self.id, run_id)
-            for item in history:
-                found = item.event
-                if (
-                    isinstance(found, UpdateCompleted | UpdateRejected)
-                    and found.update_id == update_id
-                ):
-                    return found
-            first = history[0].event if history else None
-            if not isinstance(first, WorkflowStarted) or first.previous_run_id is None:
-                return None
-            run_id = first.previous_run_id
-        return None
+        return await self._search_runs(update_id, run_id, backward=True, runs=runs)
 
     async def _find_update(
         self, update_id: str, run_id: str
     ) -> UpdateCompleted | UpdateRejected | None:
         """The outcome of an update sent during run ``run_id``, following continue-as-new."""
+        return await self._search_runs(update_id, run_id, backward=False, runs=1_000)
+
+    async def _search_runs(
+        self, update_id: str, run_id: str | None, *, backward: bool, runs: int
+    ) -> UpdateCompleted | UpdateRejected | None:
+        """Look for an update's outcome run by run, towards older or newer runs."""
         store = self.engine.store
-        while True:
+        for _ in range(runs):
+            if run_id is None:
+                return None
             history = await store.load_history(self.id, run_id)
             for item in history:
                 found = item.event
@@ -782,10 +776,14 @@ class WorkflowHandle(Generic[R]):
                     and found.update_id == update_id
                 ):
                     return found
-            last = history[-1].event if history else None
-            if not isinstance(last, WorkflowContinuedAsNew):
+            if not history:
                 return None
-            run_id = last.new_run_id
+            edge = history[0].event if backward else history[-1].event
+            if backward:
+                run_id = edge.previous_run_id if isinstance(edge, WorkflowStarted) else None
+            else:
+                run_id = edge.new_run_id if isinstance(edge, WorkflowContinuedAsNew) else None
+        return None
 
     @contextlib.asynccontextmanager
     async def _current_run(self) -> AsyncIterator[WorkflowRun]:
