@@ -31,11 +31,9 @@ import logging
 import math
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -48,6 +46,7 @@ from rich.console import Console
 from rich.padding import Padding
 from rich.table import Table
 
+from examples.demo_runner import DemoError, run_in_workdir
 from examples.orders import (
     LEDGER_ENV,
     STEPS,
@@ -72,10 +71,6 @@ Key = tuple[str, str]
 """(order id, step name)."""
 
 console = Console(highlight=False)
-
-
-class DemoError(Exception):
-    """The demo could not run (as opposed to an invariant failing)."""
 
 
 # ----------------------------------------------------------------------------- worker
@@ -599,21 +594,13 @@ async def run_demo(workdir: Path) -> bool:
 
 async def demo(keep: bool) -> int:
     """Run the demo in a fresh temporary directory."""
-    workdir = Path(tempfile.mkdtemp(prefix="stalwart-order-demo-"))
-    console.print(f"[bold]Stalwart order demo[/bold]: {N_ORDERS} orders, a worker killed mid-batch")
-    console.print(f"[dim]files in {workdir}[/dim]")
-    try:
-        ok = await run_demo(workdir)
-    except DemoError as exc:
-        console.print(f"[bold red]demo failed:[/bold red] {exc}  [dim]({workdir})[/dim]")
-        return 2
-    if ok and not keep:
-        shutil.rmtree(workdir, ignore_errors=True)
-    else:
-        console.print(f"files kept in {workdir}")
-    if not ok:
-        console.print("[bold red]some invariants failed[/bold red]")
-    return 0 if ok else 1
+    return await run_in_workdir(
+        console,
+        "stalwart-order-demo-",
+        f"[bold]Stalwart order demo[/bold]: {N_ORDERS} orders, a worker killed mid-batch",
+        run_demo,
+        keep=keep,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

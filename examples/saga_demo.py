@@ -30,11 +30,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -46,6 +44,7 @@ from rich import box
 from rich.table import Table
 
 from examples import order_fulfillment as fulfilment
+from examples.demo_runner import DemoError, run_in_workdir
 from examples.order_fulfillment import COMPENSATIONS, FORWARD, HAZARDOUS, Shipment, fulfil_order
 from examples.orders import LineItem, Order, init_ledger
 from examples.saga_tools import (
@@ -80,10 +79,6 @@ TERMINAL = ("completed", "compensated", "failed", "cancelled", "terminated", "ti
 
 Pair = tuple[str, int]
 """(order id, command number): one durable activity call."""
-
-
-class DemoError(Exception):
-    """The demo could not run (as opposed to an invariant failing)."""
 
 
 # ----------------------------------------------------------------------------- worker
@@ -534,24 +529,16 @@ def check_invariants(
 
 async def demo(keep: bool) -> int:
     """Run the demo in a fresh temporary directory."""
-    workdir = Path(tempfile.mkdtemp(prefix="stalwart-saga-demo-"))
-    console.print(
-        f"[bold]Stalwart saga demo[/bold]: {N_ORDERS} order sagas, "
-        "a worker killed while undoing failed ones"
+    return await run_in_workdir(
+        console,
+        "stalwart-saga-demo-",
+        (
+            f"[bold]Stalwart saga demo[/bold]: {N_ORDERS} order sagas, "
+            "a worker killed while undoing failed ones"
+        ),
+        run_demo,
+        keep=keep,
     )
-    console.print(f"[dim]files in {workdir}[/dim]")
-    try:
-        ok = await run_demo(workdir)
-    except DemoError as exc:
-        console.print(f"[bold red]demo failed:[/bold red] {exc}  [dim]({workdir})[/dim]")
-        return 2
-    if ok and not keep:
-        shutil.rmtree(workdir, ignore_errors=True)
-    else:
-        console.print(f"files kept in {workdir}")
-    if not ok:
-        console.print("[bold red]some invariants failed[/bold red]")
-    return 0 if ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
