@@ -37,7 +37,7 @@ def main(argv: list[str]) -> int:
         try:
             info: dict[str, Any] = {"server": pg.server_info(server), "server_error": None}
         except Exception as exc:
-            info = {"server": None, "server_error": f"{type(exc).__name__}: {exc}".strip()}
+            info = {"server": None, "server_error": pg._reason(exc)}
         if info["server"] is not None:
             ok, reason = pg.stalwart_available(server)
         else:

@@ -733,8 +733,11 @@ def scale_table(data: Collected) -> Table:
 # ---------------------------------------------------------------------------------- targets
 def targets_table(data: Collected) -> Table:
     """Every performance target with the measured value and whether it is met."""
+    title = "Targets"
+    if data.sizes != Sizes():
+        title += " (sizes differ from the defaults the targets are set for: indicative only)"
     table = _table(
-        "Targets",
+        title,
         [
             ("scenario", "left"),
             ("target", "left"),
