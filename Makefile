@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo demo-saga test lint typecheck unit bench clean
+.PHONY: demo demo-saga test lint typecheck unit bench chaos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,14 @@ test: lint typecheck
 		pg_isready -q -h 127.0.0.1 -t 30 || true; \
 	fi
 	$(BIN)/python -m pytest -q
+
+# The long chaos runs (the short versions run inside `make test`); prints the chaos table.
+CHAOS_REPORT := .chaos/report.jsonl
+chaos: $(STAMP)
+	@rm -f $(CHAOS_REPORT)
+	STALWART_CHAOS=long STALWART_CHAOS_REPORT=$(CURDIR)/$(CHAOS_REPORT) \
+		$(BIN)/python -m pytest -q -m chaos tests/chaos -p no:cacheprovider --timeout 1800; \
+		status=$$?; $(BIN)/python -m tests.chaos.report $(CHAOS_REPORT) && exit $$status
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
