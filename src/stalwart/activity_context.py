@@ -33,7 +33,14 @@ class ActivityContext:
         attempt: int,
         *,
         heartbeat_details: Any = None,
+        worker_id: str | None = None,
+        lease_epoch: int | None = None,
     ) -> None:
+        self.worker_id = worker_id
+        """The id of the worker incarnation executing this attempt (``None`` in tests)."""
+        self.lease_epoch = lease_epoch
+        """The instance's lease epoch under which an inline activity runs (``None`` for a
+        queued task, which the task's own claim guards instead)."""
         self.instance_id = instance_id
         self.run_id = run_id
         self.activity = activity

@@ -36,6 +36,8 @@ async def execute_attempt(
     converter: TypeConverter,
     executor: Executor,
     now: Callable[[], float],
+    worker_id: str | None = None,
+    lease_epoch: int | None = None,
 ) -> ev.Event:
     """Run one attempt; return the event that records its outcome."""
     attempt = act.attempt
@@ -53,7 +55,14 @@ async def execute_attempt(
             cmd=act.cmd, attempts=attempt, error=error_info(exc), non_retryable=True
         )
     info = ActivityContext(
-        instance_id, run_id, act.name, act.cmd, attempt, heartbeat_details=act.heartbeat
+        instance_id,
+        run_id,
+        act.name,
+        act.cmd,
+        attempt,
+        heartbeat_details=act.heartbeat,
+        worker_id=worker_id,
+        lease_epoch=lease_epoch,
     )
     limits = _Limits(act.options, deadline, now)
     try:

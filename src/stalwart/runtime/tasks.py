@@ -139,6 +139,7 @@ class TaskRunner:
             converter=self._converter,
             executor=self._executor,
             now=self._clock.now,
+            worker_id=self._worker_id,
         )
         outcome: dict[str, Any] = {"type": event.kind, **event.to_data()}
         delay = 0.1

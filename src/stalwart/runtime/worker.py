@@ -857,6 +857,8 @@ class Worker:
                 converter=self.converter,
                 executor=self._executor,
                 now=self.clock.now,
+                worker_id=self.id,
+                lease_epoch=inst.epoch,
             )
             faults.point("activity.after_result")
             if inst.closed:
