@@ -43,6 +43,12 @@ from stalwart.store.postgres._common import (
     decode_worker,
     served,
 )
+from stalwart.store.postgres.append import (
+    APPEND_SQL,
+    append_outcome,
+    append_params,
+    one_statement,
+)
 from stalwart.store.postgres.config import PostgresConfig, parse_url
 from stalwart.store.postgres.heartbeat import PostgresHeartbeat
 from stalwart.store.postgres.listener import WakeListener
@@ -249,11 +255,23 @@ class PostgresStore:
         if not ops:
             return []
 
+        if len(ops) == 1 and one_statement(ops[0]):
+            # A lone step: one autocommit statement is its whole transaction.
+            params = append_params(
+                ops[0], self._codec, self._now_param(), self.channel, self.config.queue_channel
+            )
+
+            async def step(conn: Conn) -> list[WriteOutcome]:
+                cur = await conn.execute(APPEND_SQL, params, prepare=True)
+                return [append_outcome(await cur.fetchone())]
+
+            return await self._run(step)
+
         async def run(conn: Conn) -> list[WriteOutcome]:
             async with conn.transaction(), conn.cursor() as cur:
                 now = await self._txn_now(conn)
                 batch = Batch(cur, self._codec, now, self.channel, self.config.queue_channel)
-                outcomes = [await batch.apply(op) for op in ops]
+                outcomes = await batch.apply_all(ops)
                 await batch.flush_notifications()
             return outcomes
 

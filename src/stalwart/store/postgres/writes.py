@@ -51,6 +51,12 @@ from stalwart.store.base import (
 )
 from stalwart.store.postgres import queues
 from stalwart.store.postgres._common import ACTIVE, INSTANCE_COLS, TERMINAL, decode_instance
+from stalwart.store.postgres.append import (
+    APPEND_SQL,
+    append_outcome,
+    append_params,
+    one_statement,
+)
 
 Cursor = AsyncCursor[tuple[Any, ...]]
 
@@ -68,6 +74,35 @@ class Batch:
         self._queue_channel = queue_channel
         self._wake: dict[str, None] = {}
         self._queues: dict[str, None] = {}
+
+    async def apply_all(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
+        """Apply ``ops`` in order; runs of plain steps go as one pipelined executemany."""
+        outcomes: list[WriteOutcome] = []
+        run: list[AppendEvents] = []
+        for op in ops:
+            if one_statement(op):
+                run.append(op)
+                continue
+            if run:
+                outcomes += await self._append_many(run)
+                run = []
+            outcomes.append(await self.apply(op))
+        if run:
+            outcomes += await self._append_many(run)
+        return outcomes
+
+    async def _append_many(self, ops: Sequence[AppendEvents]) -> list[WriteOutcome]:
+        cur = self._cur
+        params = [
+            append_params(op, self._codec, self._now, self._channel, self._queue_channel)
+            for op in ops
+        ]
+        await cur.executemany(APPEND_SQL, params, returning=True)
+        outcomes = [append_outcome(await cur.fetchone())]
+        while cur.nextset():
+            outcomes.append(append_outcome(await cur.fetchone()))
+        assert len(outcomes) == len(ops), (len(outcomes), len(ops))
+        return outcomes
 
     async def apply(self, op: WriteOp) -> WriteOutcome:
         """Apply one operation (and, for AppendEvents, its effects)."""
