@@ -607,20 +607,24 @@ class WorkflowHandle(Generic[R]):
         )
 
     async def _wait_closed(self) -> InstanceRecord:
-        # Instances run by this process announce their end in-process; the store is read
-        # again only as a slow fallback. Others are polled with a backoff.
+        # An instance live in this process's worker announces in-process when it ends or
+        # leaves the worker, so it is not polled (a re-read once per lease is the safety
+        # net). Others are polled with a backoff.
         event = self.engine._closed_event(self.id)
         worker = self.engine.worker
-        fallback = self.engine.options.poll_interval
+        safety = max(self.engine.options.lease_seconds, self.engine.options.poll_interval)
         delay = 0.005
+        read = worker is None or self.id not in worker.live
         try:
             while True:
-                rec = await self._record()
-                if rec.status in TERMINAL_STATUSES:
-                    return rec
-                local = worker is not None and rec.owner == worker.id
+                if read:
+                    rec = await self._record()
+                    if rec.status in TERMINAL_STATUSES:
+                        return rec
+                read = True
+                local = worker is not None and self.id in worker.live
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), fallback if local else delay)
+                    await asyncio.wait_for(event.wait(), safety if local else delay)
                 event.clear()
                 delay = min(delay * 2, 0.5)
         finally:

@@ -877,6 +877,9 @@ class Worker:
     def _drop(self, inst: LiveInstance) -> None:
         if self.live.get(inst.id) is inst:
             del self.live[inst.id]
+            # In-process waiters on a live instance read the store only when told: it
+            # ended, or left this worker (evicted, fenced off) and must be watched there.
+            self._on_closed(inst.id)
         if not inst.closed:
             inst.cancel_everything()
 
