@@ -43,16 +43,16 @@ from stalwart.store.postgres._common import (
     decode_worker,
     served,
 )
-from stalwart.store.postgres.append import (
+from stalwart.store.postgres.config import PostgresConfig, parse_url
+from stalwart.store.postgres.heartbeat import PostgresHeartbeat
+from stalwart.store.postgres.listener import WakeListener
+from stalwart.store.postgres.migrate import migrate
+from stalwart.store.postgres.pipelined import (
     APPEND_SQL,
     append_outcome,
     append_params,
     one_statement,
 )
-from stalwart.store.postgres.config import PostgresConfig, parse_url
-from stalwart.store.postgres.heartbeat import PostgresHeartbeat
-from stalwart.store.postgres.listener import WakeListener
-from stalwart.store.postgres.migrate import migrate
 from stalwart.store.postgres.writes import Batch
 
 T = TypeVar("T")

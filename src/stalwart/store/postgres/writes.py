@@ -51,11 +51,14 @@ from stalwart.store.base import (
 )
 from stalwart.store.postgres import queues
 from stalwart.store.postgres._common import ACTIVE, INSTANCE_COLS, TERMINAL, decode_instance
-from stalwart.store.postgres.append import (
+from stalwart.store.postgres.pipelined import (
     APPEND_SQL,
+    CREATE_SQL,
     append_outcome,
     append_params,
+    create_params,
     one_statement,
+    one_statement_create,
 )
 
 Cursor = AsyncCursor[tuple[Any, ...]]
@@ -76,33 +79,64 @@ class Batch:
         self._queues: dict[str, None] = {}
 
     async def apply_all(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
-        """Apply ``ops`` in order; runs of plain steps go as one pipelined executemany."""
+        """Apply ``ops`` in order; runs of plain steps, and runs of starts, each go as one
+        pipelined ``executemany`` (one round trip instead of one or more per operation)."""
         outcomes: list[WriteOutcome] = []
-        run: list[AppendEvents] = []
+        steps: list[AppendEvents] = []
+        starts: list[CreateInstance] = []
         for op in ops:
             if one_statement(op):
-                run.append(op)
-                continue
-            if run:
-                outcomes += await self._append_many(run)
-                run = []
-            outcomes.append(await self.apply(op))
-        if run:
-            outcomes += await self._append_many(run)
+                if starts:
+                    outcomes += await self._flush((), starts)
+                    starts = []
+                steps.append(op)
+            elif one_statement_create(op):
+                if steps:
+                    outcomes += await self._flush(steps, ())
+                    steps = []
+                starts.append(op)
+            else:
+                outcomes += await self._flush(steps, starts)
+                steps, starts = [], []
+                outcomes.append(await self.apply(op))
+        outcomes += await self._flush(steps, starts)
         return outcomes
 
-    async def _append_many(self, ops: Sequence[AppendEvents]) -> list[WriteOutcome]:
+    async def _flush(
+        self, steps: Sequence[AppendEvents], starts: Sequence[CreateInstance]
+    ) -> list[WriteOutcome]:
+        if steps:
+            params = [
+                append_params(op, self._codec, self._now, self._channel, self._queue_channel)
+                for op in steps
+            ]
+            return [append_outcome(row) for row in await self._pipelined(APPEND_SQL, params)]
+        if starts:
+            params = [create_params(op, self._codec, self._now) for op in starts]
+            rows = await self._pipelined(CREATE_SQL, params)
+            outcomes = []
+            for op, row in zip(starts, rows, strict=True):
+                if row is None:  # the id is taken: the full create sorts it out
+                    outcomes.append(await self._create(op))
+                    continue
+                if not op.owner:
+                    self._due_now(op.id)
+                record = decode_instance(self._codec, row)
+                outcomes.append(WriteOutcome(True, record=record, created=True))
+            return outcomes
+        return []
+
+    async def _pipelined(
+        self, query: str, params: Sequence[tuple[Any, ...]]
+    ) -> list[tuple[Any, ...] | None]:
+        """One statement per parameter set, sent in one pipeline; each one's first row."""
         cur = self._cur
-        params = [
-            append_params(op, self._codec, self._now, self._channel, self._queue_channel)
-            for op in ops
-        ]
-        await cur.executemany(APPEND_SQL, params, returning=True)
-        outcomes = [append_outcome(await cur.fetchone())]
+        await cur.executemany(query, params, returning=True)
+        rows = [await cur.fetchone()]
         while cur.nextset():
-            outcomes.append(append_outcome(await cur.fetchone()))
-        assert len(outcomes) == len(ops), (len(outcomes), len(ops))
-        return outcomes
+            rows.append(await cur.fetchone())
+        assert len(rows) == len(params), (len(rows), len(params))
+        return rows
 
     async def apply(self, op: WriteOp) -> WriteOutcome:
         """Apply one operation (and, for AppendEvents, its effects)."""

@@ -1,12 +1,17 @@
-"""The one-statement step commit: an :class:`AppendEvents` as a call of ``stalwart_append``.
+"""Operations that commit as one statement each, so a batch sends them in one pipeline.
 
-The server-side function (migration 0003) does what ``Batch._append`` does statement by
+**Steps**: an :class:`AppendEvents` is a call of ``stalwart_append``. The server-side
+function (migration 0003) does what ``Batch._append`` does statement by
 statement: the compare-and-set on the instance row, the history rows, the inbox
 acknowledgement, the parent's notification and the wake-up NOTIFYs. A lone step is then
 one autocommit statement (one round trip instead of six), and a group-commit batch sends
 its steps as one pipelined ``executemany``. Steps with effects on other instances or a
 continue-as-new take the statement-by-statement path, which applies those in the same
 transaction.
+
+**Starts**: a :class:`CreateInstance` without a deduplication key inserts its row and its
+first events in one statement (a data-modifying CTE). When the id is taken the statement
+inserts nothing and the batch runs the full create, which handles existing instances.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from typing import Any, TypeGuard
 from psycopg.types.json import Jsonb
 
 from stalwart.codec import Codec
-from stalwart.store.base import AppendEvents, WriteOp, WriteOutcome
+from stalwart.store.base import AppendEvents, CreateInstance, WriteOp, WriteOutcome
+from stalwart.store.postgres._common import INSTANCE_COLS
 
 APPEND_SQL = "SELECT ok, found, wake_at FROM stalwart_append(" + ", ".join(["%s"] * 21) + ")"
 """The call; its parameters come from :func:`append_params`."""
@@ -74,3 +80,46 @@ def append_outcome(row: tuple[Any, ...] | None) -> WriteOutcome:
     if ok:
         return WriteOutcome(True)
     return WriteOutcome(False, "conflict" if found else "not_found")
+
+
+CREATE_SQL = (
+    f"WITH ins AS (INSERT INTO instances ({INSTANCE_COLS}) "
+    "VALUES (%s, %s, %s, 'pending', %s, %s, NULL, NULL, %s, %s, %s, %s, %s, %s, "
+    "NULL, %s, NULL, false, %s, %s, NULL, NULL, 0) ON CONFLICT DO NOTHING "
+    f"RETURNING {INSTANCE_COLS}), "
+    "ev AS (INSERT INTO events (run_id, seq, instance_id, type, time, data) "
+    "SELECT ins.run_id, (e.n - 1)::integer, ins.id, e.k, e.t, e.d FROM ins, "
+    "unnest(%s::text[], %s::float8[], %s::text[]) WITH ORDINALITY AS e(k, t, d, n)) "
+    f"SELECT {INSTANCE_COLS} FROM ins"
+)
+"""A start without a deduplication key; its parameters come from :func:`create_params`."""
+
+
+def one_statement_create(op: WriteOp) -> TypeGuard[CreateInstance]:
+    """Whether ``op`` is a start that tries the one-statement insert first."""
+    return isinstance(op, CreateInstance) and op.dedup_key is None
+
+
+def create_params(op: CreateInstance, codec: Codec, now: float) -> tuple[Any, ...]:
+    """The parameters of :data:`CREATE_SQL` for ``op`` at the batch's time ``now``."""
+    dumps = codec.dumps
+    events = [(now, op.started), *op.prefix]
+    return (
+        op.id,
+        op.name,
+        op.version,
+        op.run_id,
+        dumps(op.input),
+        now,
+        now,
+        op.owner,
+        op.epoch,
+        None if op.owner else now,
+        1 + len(op.prefix),
+        op.parent_id,
+        op.queue,
+        op.priority,
+        [e.kind for _, e in events],
+        [float(t) for t, _ in events],
+        [dumps(e.to_data()) for _, e in events],
+    )
