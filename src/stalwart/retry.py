@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from stalwart.errors import ConfigurationError
@@ -92,8 +93,6 @@ class RetryPolicy:
 
 def as_seconds(value: Any, what: str) -> float | None:
     """Normalise a timeout/duration given as seconds or ``timedelta``; ``None`` stays None."""
-    from datetime import timedelta
-
     if value is None:
         return None
     if isinstance(value, timedelta):

@@ -20,6 +20,9 @@ from typing import Any, ClassVar
 JSON = Any
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """Base class of every history event."""
@@ -29,7 +32,10 @@ class Event:
 
     def to_data(self) -> dict[str, JSON]:
         """Return the stored form of the event's fields (without the type tag)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        names = _FIELD_NAMES.get(type(self))
+        if names is None:  # once per event class: dataclasses.fields() is slow per call
+            names = _FIELD_NAMES[type(self)] = tuple(f.name for f in dataclasses.fields(self))
+        return {name: getattr(self, name) for name in names}
 
     def describe(self) -> str:
         """A short human description used in error messages and tables."""

@@ -70,6 +70,11 @@ _INSTANCE_COLS = (
     "needs_intervention, queue, priority, dedup_key, started_at, recoveries"
 )
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+INLINE_BUDGET = 0.002
+"""Lone commits run on the event loop while they take less than this on average (with
+FULL/EXTRA they wait for the disk: a slow disk sends them back to the writer thread)."""
+INLINE_REPROBE = 64
+"""Once over budget, every this-many-th lone commit is tried on the loop again."""
 WAKE_POLL = 0.05
 """Seconds between checks for other processes' commits (see wait_for_wake)."""
 
@@ -108,9 +113,12 @@ class SQLiteStore:
         self._wconn: sqlite3.Connection | None = None
         self._seen_version: int | None = None
         self._wlock = threading.Lock()
-        # Committing on the event loop is only worth it when a commit is quick; with
-        # FULL/EXTRA every commit waits for the disk, which the loop must not do.
-        self._inline_ok = synchronous in ("OFF", "NORMAL")
+        # Committing on the event loop is only worth it while a commit is quick. With
+        # OFF/NORMAL it always is; with FULL/EXTRA it waits for the disk, so the average
+        # duration decides (a fast disk's fsync costs less than two thread hand-offs).
+        self._always_inline = synchronous in ("OFF", "NORMAL")
+        self._inline_cost = 0.0
+        self._inline_skips = 0
         self._rconn: sqlite3.Connection | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -201,18 +209,48 @@ class SQLiteStore:
         thread hand-offs cost more than the commit itself. Larger batches (a busy engine)
         go to the writer thread so the event loop keeps preparing the next batch.
         """
-        if len(ops) == 1 and self._inline_ok and self._wlock.acquire(blocking=False):
+        if len(ops) == 1 and self._inline_wanted() and self._wlock.acquire(blocking=False):
+            started = time.perf_counter()
             try:
-                return self._write_batch(ops)
+                outcomes = self._write_batch(ops, wait=False)
             except sqlite3.Error as exc:
                 raise StoreError(f"SQLite error: {exc}") from exc
             finally:
                 self._wlock.release()
-        return await self._in(self._writer, lambda: self._write_batch(ops))
+                cost = time.perf_counter() - started
+                self._inline_cost = 0.8 * self._inline_cost + 0.2 * cost
+            if outcomes is not None:
+                return outcomes
+            # another process holds the write lock: wait for it off the loop
+        return await self._in(self._writer, lambda: self._write_all(ops))
 
-    def _write_batch(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
+    def _inline_wanted(self) -> bool:
+        if self._always_inline or self._inline_cost < INLINE_BUDGET:
+            return True
+        self._inline_skips += 1
+        return self._inline_skips % INLINE_REPROBE == 0
+
+    def _write_all(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
+        outcomes = self._write_batch(ops, wait=True)
+        assert outcomes is not None
+        return outcomes
+
+    def _write_batch(self, ops: Sequence[WriteOp], *, wait: bool) -> list[WriteOutcome] | None:
+        """Commit ``ops``; ``None`` when ``wait`` is false and another process holds the
+        write lock (the event loop must not sleep in SQLite's busy handler)."""
         conn = self._w
-        conn.execute("BEGIN IMMEDIATE")
+        if wait:
+            conn.execute("BEGIN IMMEDIATE")
+        else:
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                    raise
+                return None
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
         try:
             now = self._clock()
             outcomes = [self._apply(conn, op, now) for op in ops]
