@@ -48,7 +48,7 @@ class Sizes:
     warmup_sleepers: int = 200
     recovery_steps: int = 200
     recovery_kill_after: int = 100
-    recovery_step_ms: float = 5.0
+    recovery_step_ms: float = 1.0
     recovery_lease_seconds: float = 2.0
     replay_events: tuple[int, ...] = (1_000, 10_000)
     replay_repeats: int = 5

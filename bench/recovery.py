@@ -5,7 +5,7 @@ engine):
 
 1. A worker process (``bench.proc``, phase ``first``) starts ``slow_chain(200)``: 200
    sequential activities, each recording its execution in the side table
-   (:mod:`bench.side`) and then sleeping 5 ms.
+   (:mod:`bench.side`) and then sleeping 1 ms (so the kill lands half-way).
 2. When the side table shows ``kill_after`` (100) steps executed, the worker gets
    SIGKILL. The steps the engine had recorded at that point are counted in its store.
 3. A fresh worker process (phase ``restart``) is started at ``t0``. It opens the engine,

@@ -51,7 +51,9 @@ class ActivityContext:
         self._lock = threading.Lock()
         self._details: Any = heartbeat_details
         self._last_beat = time.monotonic()
-        self._cancelled = threading.Event()
+        # A plain flag: written by the loop, read by the body's thread (a per-attempt
+        # threading.Event cost a Condition and a lock on every activity call).
+        self._cancelled = False
 
     @property
     def idempotency_key(self) -> str:
@@ -65,7 +67,7 @@ class ActivityContext:
             self._last_beat = time.monotonic()
             if details is not None:
                 self._details = details
-        if self._cancelled.is_set():
+        if self._cancelled:
             raise ActivityCancelledError(
                 f"activity {self.activity!r} of {self.instance_id!r} was cancelled"
             )
@@ -73,7 +75,7 @@ class ActivityContext:
     @property
     def is_cancelled(self) -> bool:
         """Whether the workflow no longer wants this call's result."""
-        return self._cancelled.is_set()
+        return self._cancelled
 
     def last_details(self) -> Any:
         """The details of the latest heartbeat of this attempt (or the previous one)."""
@@ -87,7 +89,7 @@ class ActivityContext:
 
     def cancel(self) -> None:
         """Mark the call cancelled (the runtime calls this)."""
-        self._cancelled.set()
+        self._cancelled = True
 
 
 _current: contextvars.ContextVar[ActivityContext | None] = contextvars.ContextVar(

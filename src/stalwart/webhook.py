@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import urllib.request
 from typing import Any
 
 
@@ -11,6 +10,8 @@ def post_json(url: str, payload: dict[str, Any], *, timeout: float = 10.0) -> No
     """POST ``payload`` as JSON; raises on a network error or a non-2xx answer."""
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"alert webhook must be an http(s) URL, got {url!r}")
+    import urllib.request  # lazily: it pulls in http.client and ssl (~16 ms at import)
+
     request = urllib.request.Request(
         url,
         data=json.dumps(payload, default=str).encode(),
