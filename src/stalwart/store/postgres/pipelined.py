@@ -24,7 +24,13 @@ from stalwart.codec import Codec
 from stalwart.store.base import AppendEvents, CreateInstance, WriteOp, WriteOutcome
 from stalwart.store.postgres._common import INSTANCE_COLS
 
-APPEND_SQL = "SELECT ok, found, wake_at FROM stalwart_append(" + ", ".join(["%s"] * 21) + ")"
+# The event arrays go in binary format (%b): in text format psycopg escapes every quote
+# of the JSON payloads with a regex substitution, which cost more than the rest of a step.
+APPEND_SQL = (
+    "SELECT ok, found, wake_at FROM stalwart_append("
+    + ", ".join(["%s"] * 15 + ["%b"] * 3 + ["%s"] * 3)
+    + ")"
+)
 """The call; its parameters come from :func:`append_params`."""
 
 
@@ -89,7 +95,7 @@ CREATE_SQL = (
     f"RETURNING {INSTANCE_COLS}), "
     "ev AS (INSERT INTO events (run_id, seq, instance_id, type, time, data) "
     "SELECT ins.run_id, (e.n - 1)::integer, ins.id, e.k, e.t, e.d FROM ins, "
-    "unnest(%s::text[], %s::float8[], %s::text[]) WITH ORDINALITY AS e(k, t, d, n)) "
+    "unnest(%b::text[], %b::float8[], %b::text[]) WITH ORDINALITY AS e(k, t, d, n)) "
     f"SELECT {INSTANCE_COLS} FROM ins"
 )
 """A start without a deduplication key; its parameters come from :func:`create_params`."""

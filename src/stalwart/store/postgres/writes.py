@@ -475,7 +475,7 @@ class Batch:
         await self._cur.execute(
             "INSERT INTO events (run_id, seq, instance_id, type, time, data) "
             "SELECT %s, s, %s, k, t, d "
-            "FROM unnest(%s::int[], %s::text[], %s::float8[], %s::text[]) AS e(s, k, t, d)",
+            "FROM unnest(%b::int[], %b::text[], %b::float8[], %b::text[]) AS e(s, k, t, d)",
             (
                 run_id,
                 instance_id,
