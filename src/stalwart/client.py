@@ -237,7 +237,7 @@ class Engine:
         store = open_store(self.url, codec=self._codec, clock=store_clock)
         await store.open()
         self._store = store
-        self._committer = GroupCommitter(store)
+        self._committer = GroupCommitter(store, max_batch=self.options.commit_batch)
         self._committer.start()
         if self._want_worker:
             self.worker = Worker(

@@ -30,7 +30,13 @@ from stalwart import faults
 from stalwart._engine import events as ev
 from stalwart.codec import TypeConverter
 from stalwart.decorators import Registry, WorkflowDefinition
-from stalwart.errors import EncodingError, NonDeterminismError, StoreError, error_info
+from stalwart.errors import (
+    ConfigurationError,
+    EncodingError,
+    NonDeterminismError,
+    StoreError,
+    error_info,
+)
 from stalwart.queues import Queue
 from stalwart.runtime.activity_exec import execute_attempt
 from stalwart.runtime.clock import Clock
@@ -103,6 +109,16 @@ class WorkerOptions:
     host_id: str | None = None
     """Identifies this host for same-host liveness checks (default: hostname + pid
     namespace). Workers with different host ids only detect each other's death by lease."""
+    commit_batch: int = 512
+    """Most operations the group committer puts in one transaction. Larger batches amortise
+    a commit (an fsync) over more steps under load but make each waiter of a batch wait
+    for all of it; there is no timed window either way (a lone write commits at once)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.commit_batch, int) or self.commit_batch < 1:
+            raise ConfigurationError(
+                f"commit_batch must be a positive integer, got {self.commit_batch!r}"
+            )
 
 
 def host_identity() -> str:
