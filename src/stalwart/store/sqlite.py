@@ -70,6 +70,8 @@ _INSTANCE_COLS = (
     "needs_intervention, queue, priority, dedup_key, started_at, recoveries"
 )
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+READER_CACHE_KIB = 256
+"""Page cache of the read connection (KiB); see ``_connect_reader``."""
 INLINE_BUDGET = 0.002
 """Lone commits run on the event loop while they take less than this on average (with
 FULL/EXTRA they wait for the disk: a slow disk sends them back to the writer thread)."""
@@ -137,7 +139,14 @@ class SQLiteStore:
         """Open the connections and apply migrations (serialised by the write lock)."""
         self._wconn = await self._in(self._writer, self.connect)
         await self._in(self._writer, self._migrate)
-        self._rconn = await self._in(self._reader, self.connect)
+        self._rconn = await self._in(self._reader, self._connect_reader)
+
+    def _connect_reader(self) -> sqlite3.Connection:
+        conn = self.connect()
+        # The reader's page cache is emptied whenever another connection commits (every
+        # step here), so SQLite's default 2 MiB would hold little but memory.
+        conn.execute(f"PRAGMA cache_size = -{READER_CACHE_KIB}")
+        return conn
 
     async def close(self) -> None:
         """Close connections and stop the threads."""
