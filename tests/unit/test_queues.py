@@ -211,3 +211,36 @@ def test_queue_validation() -> None:
         Queue("q", concurrency=0)
     with pytest.raises(Exception, match="queue name"):
         Queue("")
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_a_claim_whose_reply_was_lost_runs_without_waiting_for_the_lease(
+    tmp_path: Path, kind: str
+) -> None:
+    """The claim commits but its reply never arrives (the worker sees an error): the
+    worker's next claim gets the orphaned task back at once, not after its lease."""
+    from stalwart.errors import StoreError
+
+    url = "memory://" if kind == "memory" else f"sqlite:///{tmp_path / 'q.db'}"
+    options = WorkerOptions(poll_interval=0.02, shutdown_grace=1.0, lease_seconds=60.0)
+    async with Engine(
+        url, workflows=[q_checkout], activities=[q_pay], options=options, queues=[Queue("payments")]
+    ) as engine:
+        store = engine.store
+        claim = store.claim_tasks
+        lost: list[str] = []
+
+        async def claim_then_lose_the_reply(*args: object, **kwargs: object) -> object:
+            claimed = await claim(*args, **kwargs)  # type: ignore[arg-type]
+            if claimed and not lost:
+                lost.extend(t.id for t in claimed)
+                raise StoreError("connection lost after COMMIT")
+            return claimed
+
+        store.claim_tasks = claim_then_lose_the_reply  # type: ignore[method-assign]
+        started = time.monotonic()
+        handle = await q_checkout.start(engine, "o-lost", id="lost-reply")
+        assert await handle.result(timeout=10) == "paid o-lost"
+        assert lost, "the fault was not injected"
+        assert time.monotonic() - started < 5.0  # far below the 60 s lease
+        assert [s[0] for s in SPANS] == ["o-lost"]  # ran once

@@ -53,6 +53,8 @@ class TaskRunner:
         self._poll = poll_interval
         self._on_outcome = on_outcome
         self._running: dict[str, set[asyncio.Task[None]]] = {q: set() for q in self._queues}
+        self._held: set[str] = set()
+        """Ids of the tasks running here (given to ``claim_tasks`` to find lost claims)."""
         self._kick = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -93,7 +95,10 @@ class TaskRunner:
             claimed: list[TaskRecord] = []
             if wants:
                 try:
-                    claimed = await self._store.claim_tasks(self._worker_id, self._limits, wants)
+                    # ``held`` lets the store hand back claims whose reply was lost.
+                    claimed = await self._store.claim_tasks(
+                        self._worker_id, self._limits, wants, held=set(self._held)
+                    )
                     if failing:
                         logger.info("task queues reachable again")
                         failing = False
@@ -113,10 +118,14 @@ class TaskRunner:
         return cap - len(self._running[queue])
 
     def _launch(self, task: TaskRecord) -> None:
+        if task.id in self._held:
+            return
         runner = asyncio.get_running_loop().create_task(self._run(task))
         group = self._running[task.queue]
         group.add(runner)
+        self._held.add(task.id)
         runner.add_done_callback(group.discard)
+        runner.add_done_callback(lambda _: self._held.discard(task.id))
         runner.add_done_callback(lambda _: self._kick.set())
 
     async def _run(self, task: TaskRecord) -> None:

@@ -12,7 +12,7 @@ history length)``, committed together with its history events and inbox acknowle
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -455,13 +455,24 @@ class Store(Protocol):
         ...
 
     async def claim_tasks(
-        self, worker_id: str, queues: Mapping[str, QueueLimits], limits: Mapping[str, int]
+        self,
+        worker_id: str,
+        queues: Mapping[str, QueueLimits],
+        limits: Mapping[str, int],
+        *,
+        held: Collection[str] | None = None,
     ) -> list[TaskRecord]:
         """Claim ready tasks of the given queues (at most ``limits[queue]`` each).
 
         Ready: ``not_before`` passed, or running but owned by a worker whose lease expired.
         Highest priority first, then oldest. A queue's ``concurrency`` (tasks running) and
         rate limit (tasks started in the last ``rate_period``) hold across all workers.
+
+        ``held``: the ids of the tasks the caller is running. Tasks of these queues that it
+        owns but does not hold (claimed by a commit whose acknowledgement was lost) are
+        returned again, whatever the limits (they already count against them), so a lost
+        reply never leaves a task running under a live owner that knows nothing of it.
+        ``None`` skips that check.
         """
         ...
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -410,13 +410,27 @@ class MemoryStore:
 
     # -- task queues -------------------------------------------------------------------
     async def claim_tasks(
-        self, worker_id: str, queues: Mapping[str, QueueLimits], limits: Mapping[str, int]
+        self,
+        worker_id: str,
+        queues: Mapping[str, QueueLimits],
+        limits: Mapping[str, int],
+        *,
+        held: Collection[str] | None = None,
     ) -> list[TaskRecord]:
         """Claim ready tasks of the served queues within their limits."""
         with self._lock:
             now = self._clock()
             expired = {w.id for w in self._workers.values() if w.expires_at < now}
             claimed: list[TaskRecord] = []
+            if held is not None:
+                claimed += [
+                    t
+                    for t in self._tasks.values()
+                    if t.queue in limits
+                    and t.status == "running"
+                    and t.owner == worker_id
+                    and t.id not in held
+                ]
             for queue, want in limits.items():
                 rules = queues.get(queue, QueueLimits())
                 tasks = [t for t in self._tasks.values() if t.queue == queue]

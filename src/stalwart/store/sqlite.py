@@ -18,7 +18,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -730,7 +730,12 @@ class SQLiteStore:
         return claims
 
     async def claim_tasks(
-        self, worker_id: str, queues: Mapping[str, QueueLimits], limits: Mapping[str, int]
+        self,
+        worker_id: str,
+        queues: Mapping[str, QueueLimits],
+        limits: Mapping[str, int],
+        *,
+        held: Collection[str] | None = None,
     ) -> list[TaskRecord]:
         """Claim ready tasks of the served queues within their limits."""
 
@@ -739,7 +744,7 @@ class SQLiteStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 tasks = sqlite_queues.claim_tasks(
-                    conn, self._codec, worker_id, queues, limits, self._clock()
+                    conn, self._codec, worker_id, queues, limits, self._clock(), held=held
                 )
                 conn.execute("COMMIT")
             except BaseException:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from stalwart.codec import Codec
@@ -79,9 +79,20 @@ def claim_tasks(
     queues: Mapping[str, QueueLimits],
     limits: Mapping[str, int],
     now: float,
+    *,
+    held: Collection[str] | None = None,
 ) -> list[TaskRecord]:
-    """Claim ready tasks within each queue's limits (inside a write transaction)."""
+    """Claim ready tasks within each queue's limits (inside a write transaction); with
+    ``held``, also the caller's orphaned claims (see ``Store.claim_tasks``)."""
     claimed: list[TaskRecord] = []
+    if held is not None:
+        for queue in limits:
+            rows = conn.execute(
+                f"SELECT {_TASK_COLS} FROM tasks WHERE queue = ? AND status = 'running' "
+                "AND owner = ?",
+                (queue, worker_id),
+            ).fetchall()
+            claimed += [t for t in (_task(codec, r) for r in rows) if t.id not in held]
     for queue, want in limits.items():
         room = min(want, _room(conn, queue, queues.get(queue, QueueLimits()), now))
         if room <= 0:

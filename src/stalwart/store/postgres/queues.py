@@ -12,7 +12,7 @@ rows themselves are picked with ``FOR UPDATE SKIP LOCKED``.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from stalwart.codec import Codec
@@ -124,11 +124,21 @@ async def claim_tasks(
     queues: Mapping[str, QueueLimits],
     limits: Mapping[str, int],
     now: float,
+    *,
+    held: Collection[str] | None = None,
 ) -> list[TaskRecord]:
-    """Claim ready tasks within each queue's limits (inside a transaction)."""
+    """Claim ready tasks within each queue's limits (inside a transaction); with ``held``,
+    also the caller's orphaned claims (see ``Store.claim_tasks``)."""
     rules = {queue: queues.get(queue, QueueLimits()) for queue in limits}
     await lock_queues(conn, schema, "tasks", [q for q, r in rules.items() if is_limited(r)])
     claimed: list[TaskRecord] = []
+    if held is not None:
+        cur = await conn.execute(
+            f"SELECT {TASK_COLS} FROM tasks WHERE queue = ANY(%s) AND status = 'running' "
+            "AND owner = %s",
+            (list(limits), worker_id),
+        )
+        claimed += [t for t in (_task(codec, r) for r in await cur.fetchall()) if t.id not in held]
     for queue, want in limits.items():
         room = min(want, await _task_room(conn, queue, rules[queue], now))
         if room <= 0:

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -448,7 +448,12 @@ class PostgresStore:
         return claims
 
     async def claim_tasks(
-        self, worker_id: str, queues: Mapping[str, QueueLimits], limits: Mapping[str, int]
+        self,
+        worker_id: str,
+        queues: Mapping[str, QueueLimits],
+        limits: Mapping[str, int],
+        *,
+        held: Collection[str] | None = None,
     ) -> list[TaskRecord]:
         """Claim ready tasks of the served queues within their limits.
 
@@ -460,7 +465,7 @@ class PostgresStore:
             async with conn.transaction():
                 now = await self._txn_now(conn)
                 return await queue_ops.claim_tasks(
-                    conn, self._codec, self.schema, worker_id, queues, limits, now
+                    conn, self._codec, self.schema, worker_id, queues, limits, now, held=held
                 )
 
         return await self._run(run)

@@ -67,6 +67,25 @@ class QueuesContract:
         assert (await _get(store, "i1")).wake_at == t
         assert await store.queue_stats("q") == {"ready": 0, "running": 0, "done": 1}
 
+    async def test_lost_claim_reply_is_handed_back_to_its_owner(
+        self, store: Store, clock: FakeClock
+    ) -> None:
+        """A claim whose reply was lost is returned again to the same live worker (which
+        says what it holds), never to another one, and not when the owner holds it."""
+        await _register(store, clock, "tw")
+        await _register(store, clock, "other")
+        for op in (_task("t1"), _task("t2"), _task("elsewhere", queue="other")):
+            assert (await _write1(store, op)).ok
+        limits = {"q": QueueLimits(concurrency=2), "other": QueueLimits()}
+        claimed = await store.claim_tasks("tw", limits, {"q": 5, "other": 5})
+        assert sorted(t.id for t in claimed) == ["elsewhere", "t1", "t2"]
+        # The worker got the reply for t1 only (and serves only "q" now).
+        again = await store.claim_tasks("tw", limits, {"q": 5}, held={"t1"})
+        assert [(t.id, t.status, t.owner) for t in again] == [("t2", "running", "tw")]
+        assert await store.claim_tasks("tw", limits, {"q": 5}, held={"t1", "t2"}) == []
+        assert await store.claim_tasks("other", limits, {"q": 5}, held=set()) == []
+        assert await store.queue_stats("q") == {"ready": 0, "running": 2, "done": 0}
+
     async def test_not_before_priority_and_other_queues(
         self, store: Store, clock: FakeClock
     ) -> None:
