@@ -329,9 +329,8 @@ UPDATE_TIMEOUT = 1.5
 
 
 async def test_updates_survive_a_kill(tmp_path: Path) -> None:
-    cluster = Cluster(
-        tmp_path, step_seconds=0.6
-    )  # a wide window: the kill must land mid-activity even on a loaded machine
+    # A wide window: the kill must land mid-activity also on a loaded machine.
+    cluster = Cluster(tmp_path, step_seconds=0.6)
     calls: Counter[int] = Counter()
     timeouts: Counter[int] = Counter()
     returned: dict[int, list[int]] = defaultdict(list)
