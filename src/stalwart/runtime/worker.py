@@ -20,6 +20,7 @@ import functools
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -194,6 +195,9 @@ class Worker:
         self._scan_kick = asyncio.Event()
         self._scan_task: asyncio.Task[None] | None = None
         self._loading: set[str] = set()
+        self._isolating: str | None = None
+        """A suspect (taken over without progress since) being run alone; see ``claim``."""
+        self._isolated_at = 0.0
         self._background: set[asyncio.Task[Any]] = set()
         self._heartbeat: HeartbeatThread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -324,12 +328,14 @@ class Worker:
                 if self.clock.now() >= next_liveness:
                     await self._expire_dead_local_workers()
                     next_liveness = self.clock.now() + self.options.liveness_interval
+                self._check_isolation()
                 claims = await self.store.claim(
                     self.id,
                     self.names,
                     limit=self.options.claim_batch,
                     versions=self.versions,
                     queues=self.queue_limits,
+                    suspects=0 if self._isolating is not None else 1,
                 )
                 for claim in claims:
                     self._on_claim(claim)
@@ -382,7 +388,22 @@ class Worker:
                 logger.info("worker %s (pid %d) is gone; taking over its work", w.id, w.pid)
                 await self.store.expire_worker(w.id)
 
+    def _check_isolation(self) -> None:
+        """End the isolation of a suspect that left (ended, parked, dropped, not loaded) or
+        has been running longer than a lease (it keeps its count; others get a turn)."""
+        suspect = self._isolating
+        if suspect is None:
+            return
+        gone = suspect not in self.live and suspect not in self._loading
+        if gone or time.monotonic() - self._isolated_at > self.options.lease_seconds:
+            self._isolating = None
+
     def _on_claim(self, claim: Claim) -> None:
+        if claim.suspect:
+            # Taken over before without progress since: run it alone until it progresses,
+            # so if it kills this worker, the suspects still waiting are not blamed.
+            self._isolating = claim.instance_id
+            self._isolated_at = time.monotonic()
         inst = self.live.get(claim.instance_id)
         if inst is not None and inst.epoch == claim.epoch:
             inst.inbox_dirty = True
@@ -499,6 +520,11 @@ class Worker:
                         inst.inbox_cursor = msg.id
                         inst.incoming.append(inbox_event(msg))
                 if not await self._step(inst):
+                    if inst.id == self._isolating and not inst.run.activities:
+                        # A suspect that settled (waiting for a timer, a signal...) without
+                        # killing this worker: an empty step clears its recoveries.
+                        self._isolating = None
+                        await self._commit(inst, [], self.clock.now())
                     break
         except StoreError as exc:
             # The write may or may not have landed: rebuild the instance from the store.
@@ -571,6 +597,9 @@ class Worker:
             logger.info("workflow %s was taken over or ended elsewhere; dropping it", inst.id)
             self._drop(inst)
             return False
+        if inst.id == self._isolating:  # it progressed (the store reset its recoveries)
+            self._isolating = None
+            self.kick()
         inst.seq += len(new)
         inst.run.mark_committed(len(new))
         if op.search_attributes is not None:

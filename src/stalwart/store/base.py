@@ -81,6 +81,9 @@ class Claim:
     run_id: str
     epoch: int
     newly_claimed: bool
+    suspect: bool = False
+    """Taken over before without progress since (``recoveries > 0``): a possible poison
+    workflow, claimed in isolation (see ``Store.claim``'s ``suspects``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +226,7 @@ class AppendEvents:
     """A non-terminal status to show (``running`` or ``compensating``)."""
     needs_intervention: bool = False
     """With ``status="failed"``: the run is parked, not over; :class:`Reopen` resumes it."""
+    # Every successful AppendEvents also sets the instance's ``recoveries`` to 0 (progress).
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,6 +423,7 @@ class Store(Protocol):
         limit: int = 100,
         versions: Mapping[str, Sequence[int]] | None = None,
         queues: Mapping[str, QueueLimits] | None = None,
+        suspects: int | None = None,
     ) -> list[Claim]:
         """Claim runnable instances and report owned ones that are due.
 
@@ -428,7 +433,15 @@ class Store(Protocol):
 
         Claimable: active, of a served name (and, when ``versions`` is given, of a served
         version of that name), and either unowned and due, or owned by a worker whose
-        lease expired. Claiming bumps the epoch (fencing the old owner).
+        lease expired. Claiming bumps the epoch (fencing the old owner). Taking an
+        instance over from a dead worker adds one to its ``recoveries``; every committed
+        step (``AppendEvents``) sets it back to 0, so it counts takeovers without progress.
+
+        ``suspects``: when given, instances with ``recoveries > 0`` (suspected of killing
+        their workers) are claimed at most this many at a time and reported with
+        ``suspect=True``; the others are claimed as usual. A worker runs suspects one by
+        one, so when a poison workflow kills it again, the suspects still waiting are not
+        owned by it and are not blamed. ``None``: no distinction.
         """
         ...
 

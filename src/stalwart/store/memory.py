@@ -201,6 +201,7 @@ class MemoryStore:
                 wake_at=now if inst.inbox else None,
                 current_step=None,
                 status="running",
+                recoveries=0,
                 search_attributes=(
                     op.search_attributes
                     if op.search_attributes is not None
@@ -226,6 +227,7 @@ class MemoryStore:
                 op.search_attributes if op.search_attributes is not None else rec.search_attributes
             ),
             needs_intervention=op.needs_intervention and status == "failed",
+            recoveries=0,
         )
         self._apply_effects(op, now)
         parked = op.needs_intervention
@@ -344,6 +346,7 @@ class MemoryStore:
         limit: int = 100,
         versions: Mapping[str, Sequence[int]] | None = None,
         queues: Mapping[str, QueueLimits] | None = None,
+        suspects: int | None = None,
     ) -> list[Claim]:
         """Claim runnable instances; report owned, due ones."""
         serves = _serves(names, versions)
@@ -362,6 +365,7 @@ class MemoryStore:
                 ),
                 key=lambda i: (-i.rec.priority, i.rec.wake_at or 0.0, i.rec.id),
             )
+            suspect_room = suspects
             for inst in candidates:
                 if len(claims) >= limit:
                     break
@@ -371,6 +375,12 @@ class MemoryStore:
                     if due:
                         claims.append(Claim(rec.id, rec.run_id, rec.epoch, False))
                 elif (rec.owner is None and due) or rec.owner in expired:
+                    suspect = suspect_room is not None and rec.recoveries > 0
+                    if suspect:
+                        assert suspect_room is not None
+                        if suspect_room <= 0:
+                            continue
+                        suspect_room -= 1
                     first = rec.started_at is None
                     if first and rec.queue in room:
                         if room[rec.queue] <= 0:
@@ -384,7 +394,7 @@ class MemoryStore:
                         started_at=now if first else rec.started_at,
                         recoveries=rec.recoveries + (1 if rec.owner in expired else 0),
                     )
-                    claims.append(Claim(rec.id, rec.run_id, rec.epoch + 1, True))
+                    claims.append(Claim(rec.id, rec.run_id, rec.epoch + 1, True, suspect))
             return claims
 
     def _queue_room(self, queues: Mapping[str, QueueLimits], now: float) -> dict[str, int]:
@@ -558,7 +568,9 @@ class MemoryStore:
         with self._lock:
             w = self._workers.get(worker_id)
             if w is not None:
-                self._workers[worker_id] = dataclasses.replace(w, expires_at=0.0)
+                # As of now, not 0: a long-expired row is forgotten at the next liveness pass.
+                expires = min(w.expires_at, self._clock() - 0.001)
+                self._workers[worker_id] = dataclasses.replace(w, expires_at=expires)
 
     def heartbeat_session(self) -> _MemoryHeartbeat:
         """Lease renewal usable from another thread."""

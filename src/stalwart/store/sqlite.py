@@ -382,7 +382,7 @@ class SQLiteStore:
             " wake_at = CASE WHEN ?1 IS NOT NULL THEN NULL"
             "   WHEN EXISTS (SELECT 1 FROM inbox WHERE instance_id = ?6 AND id > ?7) THEN ?4"
             "   ELSE ?8 END,"
-            " history_len = ?9, current_step = ?10 "
+            " history_len = ?9, current_step = ?10, recoveries = 0 "
             f"WHERE id = ?6 AND owner = ?11 AND epoch = ?12 AND history_len = ?13 "
             f"AND status IN {_ACTIVE} RETURNING run_id, parent_id",
             (
@@ -643,6 +643,7 @@ class SQLiteStore:
         limit: int = 100,
         versions: Mapping[str, Sequence[int]] | None = None,
         queues: Mapping[str, QueueLimits] | None = None,
+        suspects: int | None = None,
     ) -> list[Claim]:
         """Claim runnable instances; report owned, due ones."""
         if not names:
@@ -654,7 +655,7 @@ class SQLiteStore:
             conn = self._w
             conn.execute("BEGIN IMMEDIATE")
             try:
-                claims = self._claim(conn, worker_id, served, names, limit, limited)
+                claims = self._claim(conn, worker_id, served, names, limit, limited, suspects)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -671,6 +672,7 @@ class SQLiteStore:
         names: list[str],
         limit: int,
         limited: dict[str, QueueLimits],
+        suspects: int | None,
     ) -> list[Claim]:
         now = self._clock()
         claims = [
@@ -681,7 +683,8 @@ class SQLiteStore:
                 (worker_id, now, *names, limit),
             )
         ]
-        unowned = f"owner IS NULL AND status IN {_ACTIVE} AND wake_at <= ? AND {served}"
+        innocent = "recoveries = 0 AND " if suspects is not None else ""
+        unowned = f"{innocent}owner IS NULL AND status IN {_ACTIVE} AND wake_at <= ? AND {served}"
         marks = ", ".join("?" * len(limited))
         not_limited = (
             f"(queue IS NULL OR started_at IS NOT NULL OR queue NOT IN ({marks}))"
@@ -708,25 +711,38 @@ class SQLiteStore:
             )
         picks.append(
             (
-                f"SELECT id FROM instances WHERE owner IN "
+                f"SELECT id FROM instances WHERE {innocent}owner IN "
                 f"(SELECT id FROM workers WHERE expires_at < ? AND id <> ?) "
                 f"AND status IN {_ACTIVE} AND {served} LIMIT ?",
                 (now, worker_id, *names),
                 limit,
             )
         )
+        if suspects:
+            picks.append(
+                (
+                    f"SELECT id FROM instances WHERE recoveries > 0 AND status IN {_ACTIVE} "
+                    f"AND {served} AND ((owner IS NULL AND wake_at <= ?) OR owner IN "
+                    f"(SELECT id FROM workers WHERE expires_at < ? AND id <> ?)) "
+                    f"ORDER BY recoveries, wake_at LIMIT ?",
+                    (*names, now, now, worker_id),
+                    suspects,
+                )
+            )
         for index, (pick, params, cap) in enumerate(picks):
             room = min(cap, limit - len(claims))
             if room <= 0:
                 continue
-            recovered = int(index == len(picks) - 1)  # the pick of dead workers' instances
+            # Taken from a dead worker (not unowned): one more recovery.
             rows = conn.execute(
                 f"UPDATE instances SET owner = ?, epoch = epoch + 1, updated_at = ?, "
-                f"started_at = COALESCE(started_at, ?), recoveries = recoveries + {recovered} "
+                f"started_at = COALESCE(started_at, ?), "
+                f"recoveries = recoveries + (owner IS NOT NULL) "
                 f"WHERE id IN ({pick}) RETURNING id, run_id, epoch",
                 (worker_id, now, now, *params, room),
             ).fetchall()
-            claims += [Claim(i, r, e, True) for i, r, e in rows]
+            suspect = bool(suspects) and index == len(picks) - 1  # the suspects' pick
+            claims += [Claim(i, r, e, True, suspect) for i, r, e in rows]
         return claims
 
     async def claim_tasks(
@@ -833,7 +849,12 @@ class SQLiteStore:
         """Mark the worker's lease expired now."""
         await self._in(
             self._writer,
-            lambda: self._w.execute("UPDATE workers SET expires_at = 0 WHERE id = ?", (worker_id,)),
+            # Expired as of now, not at 0: a row expired long ago is forgotten (and its
+            # instances handed back without counting a recovery) by the next liveness pass.
+            lambda: self._w.execute(
+                "UPDATE workers SET expires_at = MIN(expires_at, ?) WHERE id = ?",
+                (self._clock() - 0.001, worker_id),
+            ),
         )
 
     async def wait_for_wake(self, timeout: float) -> bool:

@@ -357,6 +357,7 @@ class PostgresStore:
         limit: int = 100,
         versions: Mapping[str, Sequence[int]] | None = None,
         queues: Mapping[str, QueueLimits] | None = None,
+        suspects: int | None = None,
     ) -> list[Claim]:
         """Claim runnable instances; report owned, due ones.
 
@@ -375,7 +376,7 @@ class PostgresStore:
             async with conn.transaction():
                 now = await self._txn_now(conn)
                 return await self._claim(
-                    conn, worker_id, condition, served_params, limit, limited, now
+                    conn, worker_id, condition, served_params, limit, limited, now, suspects
                 )
 
         return await self._run(run)
@@ -389,6 +390,7 @@ class PostgresStore:
         limit: int,
         limited: dict[str, QueueLimits],
         now: float,
+        suspects: int | None,
     ) -> list[Claim]:
         params = {**served_params, "worker": worker_id, "now": now, "limited": list(limited)}
         cur = await conn.execute(
@@ -397,7 +399,10 @@ class PostgresStore:
             {**params, "room": limit},
         )
         claims = [Claim(i, r, e, False) for i, r, e in await cur.fetchall()]
-        unowned = f"owner IS NULL AND status IN {ACTIVE} AND wake_at <= %(now)s AND {condition}"
+        innocent = "recoveries = 0 AND " if suspects is not None else ""
+        unowned = (
+            f"{innocent}owner IS NULL AND status IN {ACTIVE} AND wake_at <= %(now)s AND {condition}"
+        )
         not_limited = (
             "NOT (started_at IS NULL AND coalesce(queue = ANY(%(limited)s::text[]), false))"
             if limited
@@ -423,28 +428,41 @@ class PostgresStore:
             )
         picks.append(
             (
-                f"SELECT id FROM instances WHERE owner IN (SELECT id FROM workers "
+                f"SELECT id FROM instances WHERE {innocent}owner IN (SELECT id FROM workers "
                 f"WHERE expires_at < %(now)s AND id <> %(worker)s) AND status IN {ACTIVE} "
                 f"AND {condition}",
                 params,
                 limit,
             )
         )
+        if suspects:
+            picks.append(
+                (
+                    f"SELECT id FROM instances WHERE recoveries > 0 AND status IN {ACTIVE} "
+                    f"AND {condition} AND ((owner IS NULL AND wake_at <= %(now)s) OR owner IN "
+                    f"(SELECT id FROM workers WHERE expires_at < %(now)s AND id <> %(worker)s)) "
+                    f"ORDER BY recoveries, wake_at",
+                    params,
+                    suspects,
+                )
+            )
         for index, (pick, pick_params, cap) in enumerate(picks):
             room = min(cap, limit - len(claims))
             if room <= 0:
                 continue
-            recovered = int(index == len(picks) - 1)  # the pick of dead workers' instances
+            # Taken from a dead worker (not unowned): one more recovery. The picked CTE
+            # carries the old owner: in UPDATE ... FROM, instances.owner is the old row's.
             cur = await conn.execute(
                 f"WITH picked AS MATERIALIZED ({pick} LIMIT %(room)s FOR UPDATE SKIP LOCKED) "
                 f"UPDATE instances SET owner = %(worker)s, epoch = epoch + 1, "
                 f"updated_at = %(now)s, started_at = COALESCE(started_at, %(now)s), "
-                f"recoveries = recoveries + {recovered} "
+                f"recoveries = recoveries + (instances.owner IS NOT NULL)::int "
                 f"FROM picked WHERE instances.id = picked.id "
                 f"RETURNING instances.id, instances.run_id, instances.epoch",
                 {**pick_params, "room": room},
             )
-            claims += [Claim(i, r, e, True) for i, r, e in await cur.fetchall()]
+            suspect = bool(suspects) and index == len(picks) - 1  # the suspects' pick
+            claims += [Claim(i, r, e, True, suspect) for i, r, e in await cur.fetchall()]
         return claims
 
     async def claim_tasks(
@@ -543,8 +561,12 @@ class PostgresStore:
 
         async def run(conn: Conn) -> None:
             async with conn.transaction():
+                # As of now, not 0: a long-expired row is forgotten (its instances handed
+                # back without counting a recovery) by the next liveness pass.
                 cur = await conn.execute(
-                    "UPDATE workers SET expires_at = 0 WHERE id = %s", (worker_id,)
+                    f"UPDATE workers SET expires_at = LEAST(expires_at, "
+                    f"COALESCE(%s, {DB_NOW}) - 0.001) WHERE id = %s",
+                    (self._now_param(), worker_id),
                 )
                 if cur.rowcount:
                     await conn.execute(

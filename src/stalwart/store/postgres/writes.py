@@ -276,7 +276,7 @@ class Batch:
             " wake_at = CASE WHEN %(terminal)s THEN NULL"
             "   WHEN EXISTS (SELECT 1 FROM inbox WHERE instance_id = %(id)s AND id > %(upto)s)"
             "   THEN %(now)s ELSE %(wake_at)s::float8 END,"
-            " history_len = %(history_len)s, current_step = %(step)s,"
+            " history_len = %(history_len)s, current_step = %(step)s, recoveries = 0,"
             " search_attributes = COALESCE(%(attrs)s::jsonb, search_attributes) "
             "WHERE id = %(id)s RETURNING wake_at",
             {

@@ -334,3 +334,46 @@ class DistributionContract:
         assert (await _write1(store, Suspend("i1", "w3", rec.epoch, {"type": "X"}))).ok
         assert (await _write1(store, Resume("i1"))).ok
         assert (await _get(store, "i1")).recoveries == 0
+
+    async def test_a_committed_step_clears_the_recovery_count(
+        self, store: Store, clock: FakeClock
+    ) -> None:
+        """Recoveries count takeovers without progress: a step (even an empty one) by the
+        new owner resets the count, and an expired worker stays known (not forgotten)."""
+        await _running(store, clock, "i1")
+        await _register(store, clock, "w2")
+        await store.expire_worker("w1")
+        assert "w1" in {w.id for w in await store.list_workers()}
+        clock.advance(1.0)
+        (claim,) = await store.claim("w2", [WF])
+        rec = await _get(store, "i1")
+        assert rec.recoveries == 1
+        step = AppendEvents("i1", "w2", claim.epoch, rec.history_len, wake_at=clock() + 600.0)
+        assert (await _write1(store, step)).ok
+        assert (await _get(store, "i1")).recoveries == 0
+
+    async def test_suspects_are_claimed_one_at_a_time(self, store: Store, clock: FakeClock) -> None:
+        """With ``suspects``, instances taken over before without progress are claimed at
+        most that many at a time (flagged) and counted only when actually taken over."""
+        for i in range(4):
+            await _running(store, clock, f"i{i}")
+        await _register(store, clock, "w2")
+        await store.expire_worker("w1")
+        clock.advance(1.0)
+        first = await store.claim("w2", [WF], suspects=1)  # none suspected yet
+        assert sorted(c.instance_id for c in first) == ["i0", "i1", "i2", "i3"]
+        assert not any(c.suspect for c in first)
+        await _register(store, clock, "w3")
+        await store.expire_worker("w2")
+        clock.advance(1.0)
+        (one,) = await store.claim("w3", [WF], suspects=1)
+        assert one.suspect and one.newly_claimed
+        assert (await _get(store, one.instance_id)).recoveries == 2
+        waiting = [f"i{i}" for i in range(4) if f"i{i}" != one.instance_id]
+        for instance_id in waiting:  # still the dead worker's, and not blamed again
+            rec = await _get(store, instance_id)
+            assert (rec.owner, rec.recoveries) == ("w2", 1)
+        assert await store.claim("w3", [WF], suspects=0) == []
+        rest = await store.claim("w3", [WF])  # without the option: no distinction
+        assert sorted(c.instance_id for c in rest) == waiting
+        assert not any(c.suspect for c in rest)

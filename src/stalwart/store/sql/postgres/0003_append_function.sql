@@ -53,7 +53,8 @@ BEGIN
         wake_at = CASE WHEN v_terminal THEN NULL ELSE p_wake_at END,
         history_len = p_seq + cardinality(p_kinds),
         current_step = p_step,
-        search_attributes = COALESCE(p_attrs, i.search_attributes)
+        search_attributes = COALESCE(p_attrs, i.search_attributes),
+        recoveries = 0  -- progress: it is not what kills its workers
     WHERE i.id = p_id AND i.owner = p_owner AND i.epoch = p_epoch AND i.history_len = p_seq
       AND i.status IN ('pending', 'running', 'compensating')
     RETURNING i.run_id, i.queue, i.parent_id INTO v_run, v_queue, v_parent;
