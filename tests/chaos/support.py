@@ -9,18 +9,24 @@ outcome (completion, or failure for good) was recorded. All processes run on thi
 so their clocks agree, and the final histories tell for each kill which calls were
 *done* (outcome recorded before the kill) and which were *in flight* (scheduled before
 it, outcome recorded after).
+
+The oracle scenarios (``test_kill_*.py``, checked by ``oracle.py``) use the same
+:class:`Kill`, plus :class:`AppWorker` (a process of ``scenarios_app.py``), :class:`Fleet`
+(workers in slots, restarted in place after a kill), :class:`Stream` (workflows started
+at a steady pace) and :func:`chaos_store` (a fresh SQLite or PostgreSQL store).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -39,6 +45,22 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path.resolve()}"
 
 
+@contextlib.contextmanager
+def chaos_store(kind: str, tmp_path: Path) -> Iterator[str]:
+    """The URL of a fresh store: a SQLite file in ``tmp_path``, or (``postgres``) a
+    throw-away PostgreSQL database, dropped afterwards (skipped when the server is
+    unreachable, failed instead under ``CI=true``)."""
+    if kind == "sqlite":
+        yield sqlite_url(tmp_path / "store.db")
+        return
+    # Imported here: worker processes import this module without needing psycopg.
+    from tests.postgres_support import store_url, temporary_database
+
+    with temporary_database() as db:
+        # A small pool per process: several workers and the client share the server.
+        yield store_url(db, schema="stalwart", pool_size=4)
+
+
 def env_seed() -> int:
     """The random seed of a run: ``STALWART_TEST_SEED`` or a fresh one."""
     value = os.environ.get("STALWART_TEST_SEED")
@@ -50,25 +72,74 @@ class WorkerProcess:
     """``python -m tests.chaos.worker`` as a separate OS process, output in a log file."""
 
     def __init__(self, db: Path, bank: Path, log: Path, **options: float) -> None:
-        args = [sys.executable, "-m", "tests.chaos.worker", "--db", str(db), "--bank", str(bank)]
+        args = ["--db", str(db), "--bank", str(bank)]
         for name, value in options.items():
             args += [f"--{name}", str(value)]
+        self._launch("tests.chaos.worker", args, log)
+
+    def _launch(
+        self, module: str, args: list[str], log: Path, env: dict[str, str] | None = None
+    ) -> None:
+        """Start ``python -m module *args`` in the repository, output to ``log``."""
         self.log = log
+        self.worker_id: str | None = None
+        """The worker incarnation's id, once :meth:`wait_ready` saw it register."""
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
-                args, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+                [sys.executable, "-m", module, *args],
+                cwd=REPO_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **env} if env else None,
             )
         self.pid = self.proc.pid
 
     async def wait_ready(self, engine: Engine, timeout: float = 30.0) -> None:
-        """Wait until the worker has registered its lease."""
+        """Wait until the worker has registered its lease (and learn its worker id)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.check_alive()
-            if any(w.pid == self.pid for w in await engine.store.list_workers()):
+            if await self.registered(engine):
                 return
             await asyncio.sleep(0.02)
         raise AssertionError(f"worker {self.pid} did not register in {timeout}s")
+
+    async def registered(self, engine: Engine) -> bool:
+        """Whether the worker has registered its lease (remembers its worker id)."""
+        for w in await engine.store.list_workers():
+            if w.pid == self.pid:
+                self.worker_id = w.id
+                return True
+        return False
+
+    def alive(self) -> bool:
+        """Whether the process still runs."""
+        return self.proc.poll() is None
+
+    async def sigkill(self, engine: Engine | None = None) -> Kill:
+        """SIGKILL and reap the process; the :class:`Kill` with its times (and, given a
+        client ``engine``, the lease the dead worker left behind)."""
+        self.check_alive()
+        signalled_at = time.time()
+        self.proc.send_signal(signal.SIGKILL)
+
+        def reap() -> float:
+            self.proc.wait()
+            return time.time()  # here, not on a (maybe busy) event loop: as early as known
+
+        dead_at = await asyncio.to_thread(reap)
+        expires = 0.0
+        if engine is not None:
+            rows = [w for w in await engine.store.list_workers() if w.pid == self.pid]
+            expires = max((w.expires_at for w in rows), default=0.0)
+        return Kill(
+            self.pid,
+            dead_at,
+            signalled_at=signalled_at,
+            worker_id=self.worker_id,
+            lease_expires_at=expires,
+        )
 
     async def kill(self) -> float:
         """SIGKILL and reap the process (a zombie's pid looks alive); return when it died."""
@@ -102,6 +173,149 @@ class WorkerProcess:
             for line in self.log_text().splitlines()
             if "Traceback" in line or " ERROR " in line or " CRITICAL " in line
         ]
+
+
+class AppWorker(WorkerProcess):
+    """``python -m tests.chaos.scenarios_app``: a worker of the oracle scenarios."""
+
+    def __init__(
+        self,
+        url: str,
+        oracle_log: Path,
+        log: Path,
+        *,
+        bank: Path | None = None,
+        name: str | None = None,
+        host_id: str | None = None,
+        lease: float = 3.0,
+        poll: float = 0.1,
+        concurrency: int = 8,
+        max_recoveries: int = 5,
+        serial_concurrency: int = 0,
+        step_seconds: float | None = None,
+        latency: tuple[float, float] = (0.0, 0.0),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        args = ["--url", url, "--oracle", str(oracle_log), "--lease", str(lease)]
+        args += ["--poll", str(poll), "--concurrency", str(concurrency)]
+        args += ["--max-recoveries", str(max_recoveries)]
+        args += ["--serial-concurrency", str(serial_concurrency)]
+        args += ["--latency", str(latency[0]), str(latency[1])]
+        if bank is not None:
+            args += ["--bank", str(bank)]
+        if name is not None:
+            args += ["--name", name]
+        if host_id is not None:
+            args += ["--host-id", host_id]
+        if step_seconds is not None:
+            args += ["--step-seconds", str(step_seconds)]
+        self.name = name
+        self.host_id = host_id
+        self._launch("tests.chaos.scenarios_app", args, log, env)
+
+    def log_errors(self, expected: tuple[str, ...] = ()) -> list[str]:
+        """Error lines of the log, except those containing one of ``expected``."""
+        return [line for line in super().log_errors() if not any(text in line for text in expected)]
+
+
+class Fleet:
+    """Worker processes in numbered slots; a killed worker is restarted in its slot at once.
+
+    ``make(slot, incarnation)`` builds the process of a slot (``incarnation`` counts the
+    processes started so far, for unique log names).
+    """
+
+    def __init__(self, make: Callable[[int, int], AppWorker], size: int) -> None:
+        self.make = make
+        self.size = size
+        self.everyone: list[AppWorker] = []
+        self.current: list[AppWorker] = []
+        self.kills: list[Kill] = []
+        self._dying: set[int] = set()
+
+    def spawn(self, slot: int) -> AppWorker:
+        """Start the process of ``slot`` (replacing the dead one)."""
+        worker = self.make(slot, len(self.everyone))
+        self.everyone.append(worker)
+        if slot < len(self.current):
+            self.current[slot] = worker
+        else:
+            self.current.append(worker)
+        return worker
+
+    async def start(self, engine: Engine) -> None:
+        """Start every slot and wait until all registered."""
+        for slot in range(self.size):
+            self.spawn(slot)
+        await self.wait_ready(engine)
+
+    async def wait_ready(self, engine: Engine) -> None:
+        """Wait until every current worker registered."""
+        for worker in self.current:
+            await worker.wait_ready(engine)
+
+    async def kill(self, slot: int, engine: Engine, *, restart: bool = True) -> Kill:
+        """SIGKILL the worker of ``slot`` and (by default) start its successor at once."""
+        victim = self.current[slot]
+        # Other tasks may check the fleet while this one waits for the victim to die.
+        self._dying.add(victim.pid)
+        kill = await victim.sigkill(engine)
+        self.kills.append(kill)
+        if restart:
+            self.spawn(slot)
+        return kill
+
+    def check_alive(self) -> None:
+        """Fail at once if a current worker died on its own (not one being killed)."""
+        for worker in self.current:
+            if worker.pid not in self._dying:
+                worker.check_alive()
+
+    async def terminate(self) -> list[int]:
+        """Stop every current worker gracefully; their exit statuses."""
+        return [await w.terminate() for w in self.current if w.alive()]
+
+    def cleanup(self) -> None:
+        """Kill and reap whatever still runs."""
+        for worker in self.everyone:
+            worker.cleanup()
+
+    def log_errors(self, expected: tuple[str, ...] = ()) -> list[str]:
+        """Error lines any worker logged (bar the ``expected`` ones), with their pid."""
+        return [f"{w.pid}: {line}" for w in self.everyone for line in w.log_errors(expected)]
+
+
+class Stream:
+    """Starts workflows at a steady pace (``start(n)`` for n = 0, 1, ...) until stopped.
+
+    :meth:`stop` lets the start in progress finish instead of cancelling it: a cancelled
+    start may still be committed later, creating an instance behind the test's back.
+    """
+
+    def __init__(self, start: Callable[[int], Awaitable[object]], every: float) -> None:
+        self._start = start
+        self._every = every
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.started = 0
+
+    def begin(self) -> None:
+        """Start the stream."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            await self._start(self.started)
+            self.started += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._every)
+
+    async def stop(self) -> int:
+        """Stop after the start in progress; how many were started."""
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+        return self.started
 
 
 async def wait_until(
@@ -176,8 +390,16 @@ class Kill:
 
     pid: int
     dead_at: float
+    """When the process was reaped (it can have done nothing later)."""
     done: set[Call] = field(default_factory=set)
     in_flight: set[Call] = field(default_factory=set)
+    signalled_at: float = 0.0
+    """When SIGKILL was sent (or the process ended itself): it died between this and
+    ``dead_at``; 0 when unknown (``dead_at`` is used)."""
+    worker_id: str | None = None
+    """The killed worker incarnation."""
+    lease_expires_at: float = 0.0
+    """Its lease expiry as stored right after the kill (0 if unknown or expired)."""
 
     def classify(self, final: dict[str, dict[int, CallRecord]]) -> None:
         """Fill ``done`` and ``in_flight`` from the final histories."""
