@@ -222,7 +222,8 @@ class WorkflowContext:
         """Start a child workflow and return a handle to await, signal or cancel it.
 
         The child is created in the same write that records this call, so a crash cannot
-        lose or duplicate it. ``id`` defaults to ``"<parent id>/<command number>"``.
+        lose or duplicate it. ``id`` defaults to ``"<parent id>/<command number>"``
+        (``"<parent id>/<run id prefix>/<command number>"`` in a run continued as new).
         ``parent_close`` says what happens to the child if this workflow ends first:
         ``"terminate"`` (default), ``"cancel"`` or ``"abandon"``.
         """
@@ -236,11 +237,19 @@ class WorkflowContext:
                 f"got {parent_close!r}"
             )
         data = wf.signature.encode_args(self._converter, args, kwargs)
-        child_id = id if id is not None else f"{self.instance_id}/{self._run.next_cmd}"
+        child_id = id if id is not None else self._default_child_id()
         if not child_id or not child_id.isprintable() or len(child_id) > 255:
             raise ConfigurationError(f"invalid child workflow id {child_id!r}")
         state = self._run.start_child(child_id, wf.name, wf.version, data, parent_close)
         return ChildHandle(self, wf, state)
+
+    def _default_child_id(self) -> str:
+        # Command numbers restart in every run: a run that continues another one puts its
+        # run id in the default, or its first child would reuse its predecessor's id.
+        started = self._run.started
+        if started.previous_run_id is None:
+            return f"{self.instance_id}/{self._run.next_cmd}"
+        return f"{self.instance_id}/{started.run_id[:12]}/{self._run.next_cmd}"
 
     def continue_as_new(self, *args: Any, **kwargs: Any) -> NoReturn:
         """End this run and start a fresh one of the same workflow with new arguments.

@@ -126,24 +126,32 @@ class SagaScope:
     async def compensate(self, reason: str) -> None:
         """Undo every registered step, most recent first. Durable and resumable."""
         run = self._ctx._run
-        while self._stack:
-            comp = self._stack.pop()
-            run.record(
-                ev.CompensationStarted(
-                    step=comp.step, name=comp.name, reason=reason, undo=comp.undo_name
+        if not self._stack:
+            return
+        run.begin_compensation()
+        try:
+            while self._stack:
+                comp = self._stack.pop()
+                run.record(
+                    ev.CompensationStarted(
+                        step=comp.step, name=comp.name, reason=reason, undo=comp.undo_name
+                    )
                 )
-            )
-            while True:
-                try:
-                    await _uncancellable(comp.undo)
-                except Exception as exc:  # noqa: BLE001 - recorded; an operator decides
-                    error = error_info(exc)
-                    run.record(ev.CompensationFailed(step=comp.step, name=comp.name, error=error))
-                    await self._alert(comp, error)
-                    await run.await_intervention(comp.step, comp.name, error)
-                    continue
-                run.record(ev.StepCompensated(step=comp.step, name=comp.name))
-                break
+                while True:
+                    try:
+                        await _uncancellable(comp.undo)
+                    except Exception as exc:  # noqa: BLE001 - recorded; an operator decides
+                        error = error_info(exc)
+                        run.record(
+                            ev.CompensationFailed(step=comp.step, name=comp.name, error=error)
+                        )
+                        await self._alert(comp, error)
+                        await run.await_intervention(comp.step, comp.name, error)
+                        continue
+                    run.record(ev.StepCompensated(step=comp.step, name=comp.name))
+                    break
+        finally:
+            run.end_compensation()
 
     async def _alert(self, comp: _Compensation, error: dict[str, Any]) -> None:
         payload = {

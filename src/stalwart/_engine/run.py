@@ -121,6 +121,7 @@ class WorkflowRun:
     # Slots: a worker keeps up to max_cached runs in memory; a __dict__ each cost ~1.3 KiB.
     __slots__ = (
         "_closing",
+        "_compensation_depth",
         "_conditions",
         "_context_var",
         "_cursor",
@@ -138,7 +139,6 @@ class WorkflowRun:
         "activities",
         "cancel_requested",
         "children",
-        "compensating",
         "context",
         "instance_id",
         "intervention",
@@ -184,7 +184,7 @@ class WorkflowRun:
         self._conditions: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._querying = False
         self.search_attributes: dict[str, JSON] = {}
-        self.compensating = False
+        self._compensation_depth = 0
         self.seen_updates: set[str] = set()
         self.intervention: asyncio.Future[None] | None = None
         self._main: asyncio.Task[Any] | None = None
@@ -419,8 +419,19 @@ class WorkflowRun:
     def record(self, event: ev.Event) -> None:
         """Record a saga bookkeeping command (CompensationStarted, StepCompensated...)."""
         self._emit(event)
-        if isinstance(event, ev.CompensationStarted):
-            self.compensating = True
+
+    @property
+    def compensating(self) -> bool:
+        """Whether a saga of this run is undoing its steps right now (the status shown)."""
+        return self._compensation_depth > 0
+
+    def begin_compensation(self) -> None:
+        """A saga starts undoing its steps (sagas nest: each begin has its end)."""
+        self._compensation_depth += 1
+
+    def end_compensation(self) -> None:
+        """A saga finished undoing its steps; code that catches its error runs on."""
+        self._compensation_depth -= 1
 
     def await_intervention(
         self, step: int, name: str, error: dict[str, JSON]

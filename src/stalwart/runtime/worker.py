@@ -683,7 +683,7 @@ class Worker:
                 current_step=inst.current_step(),
                 effects=effects,
                 search_attributes=search,
-                active_status="compensating" if run.compensating else None,
+                active_status="compensating" if run.compensating else "running",
             )
         effects += self._parent_close_effects(inst)
         if isinstance(outcome.event, ev.WorkflowContinuedAsNew):

@@ -147,6 +147,9 @@ class MemoryStore:
                 existing.rec.parent_id != op.parent_id or existing.rec.input != op.input
             ):
                 self._notify_parent(op.parent_id, op.id, now, child_id_taken(op.id))
+            elif op.parent_id is not None and existing.rec.status in TERMINAL_STATUSES:
+                # The same child, already ended: its outcome will not be sent again.
+                self._notify_parent(op.parent_id, op.id, now, child_outcome(existing.rec))
             return WriteOutcome(True, record=existing.rec, created=False)
         rec = InstanceRecord(
             id=op.id,

@@ -345,6 +345,9 @@ class SQLiteStore:
                 existing.parent_id != op.parent_id or existing.input != op.input
             ):
                 self._notify_parent(conn, op.parent_id, op.id, now, child_id_taken(op.id))
+            elif op.parent_id is not None and existing.status in TERMINAL_STATUSES:
+                # The same child, already ended: its outcome will not be sent again.
+                self._notify_parent(conn, op.parent_id, op.id, now, child_outcome(existing))
             return WriteOutcome(True, record=existing, created=False)
         self._insert_events(conn, op.id, op.run_id, 0, [(now, op.started), *op.prefix])
         return WriteOutcome(True, record=self._get(conn, op.id), created=True)

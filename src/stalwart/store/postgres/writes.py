@@ -230,6 +230,9 @@ class Batch:
                     existing.parent_id != op.parent_id or existing.input != op.input
                 ):
                     await self._notify_parent(op.parent_id, op.id, child_id_taken(op.id))
+                elif op.parent_id is not None and existing.status in TERMINAL_STATUSES:
+                    # The same child, already ended: its outcome will not be sent again.
+                    await self._notify_parent(op.parent_id, op.id, child_outcome(existing))
                 return WriteOutcome(True, record=existing, created=False)
             # else: the key's holder ended between our insert and this read; try again
         else:

@@ -113,6 +113,24 @@ class WritesContract:
         assert await store.claim("w2", [WF]) == []
         assert await store.next_wake([WF]) is None
 
+    async def test_recreating_an_ended_child_tells_the_parent_its_outcome(
+        self, store: Store, clock: FakeClock
+    ) -> None:
+        """A parent that starts a child it already started (same id and input) after that
+        child ended gets the child's outcome again: nothing else would ever send it."""
+        parent = await _running(store, clock, "parent-1")
+        child = await _create(store, "child", owner="w1", parent_id="parent-1")
+        await _end(store, child, "completed")
+        before = len(await store.fetch_inbox("parent-1"))
+        outcome = await _write1(store, _create_op("child", owner="w1", parent_id="parent-1"))
+        assert outcome.ok and outcome.created is False
+        inbox = await store.fetch_inbox("parent-1")
+        assert len(inbox) == before + 1
+        assert (inbox[-1].kind, inbox[-1].name) == ("child", "child")
+        assert inbox[-1].payload["status"] == "completed"
+        assert (await _get(store, "parent-1")).wake_at is not None
+        assert parent.status == "running"
+
     async def test_create_is_idempotent(self, store: Store, clock: FakeClock) -> None:
         """Creating an existing id returns the stored record (created=False), changes nothing."""
         first = await _create(store, "i1", input=["original"])
