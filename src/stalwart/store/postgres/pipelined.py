@@ -88,11 +88,16 @@ def append_outcome(row: tuple[Any, ...] | None) -> WriteOutcome:
     return WriteOutcome(False, "conflict" if found else "not_found")
 
 
-CREATE_SQL = (
-    f"WITH ins AS (INSERT INTO instances ({INSTANCE_COLS}) "
+INSERT_INSTANCE = (
+    f"INSERT INTO instances ({INSTANCE_COLS}) "
     "VALUES (%s, %s, %s, 'pending', %s, %s, NULL, NULL, %s, %s, %s, %s, %s, %s, "
-    "NULL, %s, NULL, false, %s, %s, NULL, NULL, 0) ON CONFLICT DO NOTHING "
-    f"RETURNING {INSTANCE_COLS}), "
+    "NULL, %s, NULL, false, %s, %s, %s, NULL, 0) ON CONFLICT DO NOTHING "
+    f"RETURNING {INSTANCE_COLS}"
+)
+"""A new instance's row (nothing on any unique conflict); see :func:`instance_params`."""
+
+CREATE_SQL = (
+    f"WITH ins AS ({INSERT_INSTANCE}), "
     "ev AS (INSERT INTO events (run_id, seq, instance_id, type, time, data) "
     "SELECT ins.run_id, (e.n - 1)::integer, ins.id, e.k, e.t, e.d FROM ins, "
     "unnest(%b::text[], %b::float8[], %b::text[]) WITH ORDINALITY AS e(k, t, d, n)) "
@@ -106,16 +111,14 @@ def one_statement_create(op: WriteOp) -> TypeGuard[CreateInstance]:
     return isinstance(op, CreateInstance) and op.dedup_key is None
 
 
-def create_params(op: CreateInstance, codec: Codec, now: float) -> tuple[Any, ...]:
-    """The parameters of :data:`CREATE_SQL` for ``op`` at the batch's time ``now``."""
-    dumps = codec.dumps
-    events = [(now, op.started), *op.prefix]
+def instance_params(op: CreateInstance, codec: Codec, now: float) -> tuple[Any, ...]:
+    """The parameters of :data:`INSERT_INSTANCE` for ``op`` at the batch's time ``now``."""
     return (
         op.id,
         op.name,
         op.version,
         op.run_id,
-        dumps(op.input),
+        codec.dumps(op.input),
         now,
         now,
         op.owner,
@@ -125,7 +128,16 @@ def create_params(op: CreateInstance, codec: Codec, now: float) -> tuple[Any, ..
         op.parent_id,
         op.queue,
         op.priority,
+        op.dedup_key,
+    )
+
+
+def create_params(op: CreateInstance, codec: Codec, now: float) -> tuple[Any, ...]:
+    """The parameters of :data:`CREATE_SQL` for ``op`` at the batch's time ``now``."""
+    events = [(now, op.started), *op.prefix]
+    return (
+        *instance_params(op, codec, now),
         [e.kind for _, e in events],
         [float(t) for t, _ in events],
-        [dumps(e.to_data()) for _, e in events],
+        [codec.dumps(e.to_data()) for _, e in events],
     )

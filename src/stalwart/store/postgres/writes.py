@@ -54,9 +54,11 @@ from stalwart.store.postgres._common import ACTIVE, INSTANCE_COLS, TERMINAL, dec
 from stalwart.store.postgres.pipelined import (
     APPEND_SQL,
     CREATE_SQL,
+    INSERT_INSTANCE,
     append_outcome,
     append_params,
     create_params,
+    instance_params,
     one_statement,
     one_statement_create,
 )
@@ -190,7 +192,7 @@ class Batch:
 
     # -- operations --------------------------------------------------------------------
     async def _create(self, op: CreateInstance) -> WriteOutcome:
-        dumps, now = self._codec.dumps, self._now
+        now = self._now
         for _ in range(3):
             if op.dedup_key is not None:
                 holder = await self._dedup_holder(op)
@@ -198,29 +200,7 @@ class Batch:
                     return WriteOutcome(False, "duplicate", record=holder)
             # DO NOTHING on any unique index: the id, or the dedup key of an instance a
             # concurrent transaction created (the insert waits for it to commit).
-            await self._cur.execute(
-                f"INSERT INTO instances ({INSTANCE_COLS}) "
-                "VALUES (%s, %s, %s, 'pending', %s, %s, NULL, NULL, %s, %s, %s, %s, %s, %s, "
-                "NULL, %s, NULL, false, %s, %s, %s, NULL, 0) ON CONFLICT DO NOTHING "
-                f"RETURNING {INSTANCE_COLS}",
-                (
-                    op.id,
-                    op.name,
-                    op.version,
-                    op.run_id,
-                    dumps(op.input),
-                    now,
-                    now,
-                    op.owner,
-                    op.epoch,
-                    None if op.owner else now,
-                    1 + len(op.prefix),
-                    op.parent_id,
-                    op.queue,
-                    op.priority,
-                    op.dedup_key,
-                ),
-            )
+            await self._cur.execute(INSERT_INSTANCE, instance_params(op, self._codec, now))
             row = await self._cur.fetchone()
             if row is not None:
                 break
