@@ -439,6 +439,10 @@ class Worker:
             await self._park_poison(rec.id, rec.epoch, rec.recoveries)
             return
         history = await self.store.load_history(rec.id, rec.run_id)
+        if len(history) != rec.history_len:
+            # Read after another worker took it over and advanced it: this copy's epoch is
+            # stale, and running it would repeat a step the new owner already recorded.
+            return
         started = history[0].event
         assert isinstance(started, ev.WorkflowStarted)
         try:

@@ -355,9 +355,14 @@ class MemoryStore:
         serves = _serves(names, versions)
         with self._lock:
             now = self._clock()
-            expired = {
-                w.id for w in self._workers.values() if w.expires_at < now and w.id != worker_id
-            }
+            me = self._workers.get(worker_id)
+            # Only a worker whose own lease holds may take over from expired ones: after an
+            # outage two live workers with lapsed leases would otherwise take each other's.
+            expired = (
+                {w.id for w in self._workers.values() if w.expires_at < now and w.id != worker_id}
+                if me is not None and me.expires_at >= now
+                else set()
+            )
             room = self._queue_room(queues or {}, now)
             claims: list[Claim] = []
             candidates = sorted(

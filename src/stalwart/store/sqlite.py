@@ -687,6 +687,9 @@ class SQLiteStore:
             )
         ]
         innocent = "recoveries = 0 AND " if suspects is not None else ""
+        # Only a worker whose own lease holds may take over from expired ones: after an
+        # outage two live workers with lapsed leases would otherwise take each other's.
+        own_lease = "EXISTS (SELECT 1 FROM workers WHERE id = ? AND expires_at >= ?)"
         unowned = f"{innocent}owner IS NULL AND status IN {_ACTIVE} AND wake_at <= ? AND {served}"
         marks = ", ".join("?" * len(limited))
         not_limited = (
@@ -715,9 +718,9 @@ class SQLiteStore:
         picks.append(
             (
                 f"SELECT id FROM instances WHERE {innocent}owner IN "
-                f"(SELECT id FROM workers WHERE expires_at < ? AND id <> ?) "
+                f"(SELECT id FROM workers WHERE expires_at < ? AND id <> ?) AND {own_lease} "
                 f"AND status IN {_ACTIVE} AND {served} LIMIT ?",
-                (now, worker_id, *names),
+                (now, worker_id, worker_id, now, *names),
                 limit,
             )
         )
@@ -725,10 +728,10 @@ class SQLiteStore:
             picks.append(
                 (
                     f"SELECT id FROM instances WHERE recoveries > 0 AND status IN {_ACTIVE} "
-                    f"AND {served} AND ((owner IS NULL AND wake_at <= ?) OR owner IN "
-                    f"(SELECT id FROM workers WHERE expires_at < ? AND id <> ?)) "
-                    f"ORDER BY recoveries, wake_at LIMIT ?",
-                    (*names, now, now, worker_id),
+                    f"AND {served} AND ((owner IS NULL AND wake_at <= ?) OR (owner IN "
+                    f"(SELECT id FROM workers WHERE expires_at < ? AND id <> ?) "
+                    f"AND {own_lease})) ORDER BY recoveries, wake_at LIMIT ?",
+                    (*names, now, now, worker_id, worker_id, now),
                     suspects,
                 )
             )

@@ -400,6 +400,9 @@ class PostgresStore:
         )
         claims = [Claim(i, r, e, False) for i, r, e in await cur.fetchall()]
         innocent = "recoveries = 0 AND " if suspects is not None else ""
+        # Only a worker whose own lease holds may take over from expired ones: after an
+        # outage two live workers with lapsed leases would otherwise take each other's.
+        own_lease = "EXISTS (SELECT 1 FROM workers WHERE id = %(worker)s AND expires_at >= %(now)s)"
         unowned = (
             f"{innocent}owner IS NULL AND status IN {ACTIVE} AND wake_at <= %(now)s AND {condition}"
         )
@@ -429,8 +432,8 @@ class PostgresStore:
         picks.append(
             (
                 f"SELECT id FROM instances WHERE {innocent}owner IN (SELECT id FROM workers "
-                f"WHERE expires_at < %(now)s AND id <> %(worker)s) AND status IN {ACTIVE} "
-                f"AND {condition}",
+                f"WHERE expires_at < %(now)s AND id <> %(worker)s) AND {own_lease} "
+                f"AND status IN {ACTIVE} AND {condition}",
                 params,
                 limit,
             )
@@ -439,9 +442,9 @@ class PostgresStore:
             picks.append(
                 (
                     f"SELECT id FROM instances WHERE recoveries > 0 AND status IN {ACTIVE} "
-                    f"AND {condition} AND ((owner IS NULL AND wake_at <= %(now)s) OR owner IN "
-                    f"(SELECT id FROM workers WHERE expires_at < %(now)s AND id <> %(worker)s)) "
-                    f"ORDER BY recoveries, wake_at",
+                    f"AND {condition} AND ((owner IS NULL AND wake_at <= %(now)s) OR (owner IN "
+                    f"(SELECT id FROM workers WHERE expires_at < %(now)s AND id <> %(worker)s) "
+                    f"AND {own_lease})) ORDER BY recoveries, wake_at",
                     params,
                     suspects,
                 )

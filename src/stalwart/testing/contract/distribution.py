@@ -335,6 +335,19 @@ class DistributionContract:
         assert (await _write1(store, Resume("i1"))).ok
         assert (await _get(store, "i1")).recoveries == 0
 
+    async def test_a_worker_whose_own_lease_lapsed_takes_nothing_over(
+        self, store: Store, clock: FakeClock
+    ) -> None:
+        """After an outage both workers' leases have lapsed: neither may take the other's
+        instances until it has renewed its own lease (no ping-pong between live workers)."""
+        await _running(store, clock, "i1", worker="w1")
+        await _register(store, clock, "w2", ttl=5.0)
+        await _register(store, clock, "w1", ttl=5.0)
+        clock.advance(10.0)  # both leases lapsed
+        assert await store.claim("w2", [WF]) == []
+        await _register(store, clock, "w2", ttl=5.0)  # w2 renews first
+        assert [c.instance_id for c in await store.claim("w2", [WF])] == ["i1"]
+
     async def test_a_committed_step_clears_the_recovery_count(
         self, store: Store, clock: FakeClock
     ) -> None:
