@@ -719,7 +719,7 @@ class SQLiteStore:
             (
                 f"SELECT id FROM instances WHERE {innocent}owner IN "
                 f"(SELECT id FROM workers WHERE expires_at < ? AND id <> ?) AND {own_lease} "
-                f"AND status IN {_ACTIVE} AND {served} LIMIT ?",
+                f"AND status IN {_ACTIVE} AND {served} ORDER BY wake_at LIMIT ?",
                 (now, worker_id, worker_id, now, *names),
                 limit,
             )

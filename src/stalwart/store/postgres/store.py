@@ -433,7 +433,7 @@ class PostgresStore:
             (
                 f"SELECT id FROM instances WHERE {innocent}owner IN (SELECT id FROM workers "
                 f"WHERE expires_at < %(now)s AND id <> %(worker)s) AND {own_lease} "
-                f"AND status IN {ACTIVE} AND {condition}",
+                f"AND status IN {ACTIVE} AND {condition} ORDER BY wake_at",
                 params,
                 limit,
             )
