@@ -52,22 +52,6 @@ class GroupCommitter:
         """Queue one operation and wait until it is durably committed (or refused)."""
         if self._task is None or self._closed:
             return (await self._store.write([op]))[0]
-        if not self._queue and not self._committing:
-            # Nothing to share a transaction with: commit it from this task, saving the
-            # hop through the commit task (two event-loop turns per sequential step).
-            # Writes submitted meanwhile queue up and form the next batch.
-            self._committing = True
-            try:
-                faults.point("commit.before")
-                outcome = (await self._store.write([op]))[0]
-                faults.point("commit.after")
-            finally:
-                self._committing = False
-                if self._queue or self._closed:
-                    self._wakeup.set()
-            self.batches += 1
-            self.ops += 1
-            return outcome
         fut: asyncio.Future[WriteOutcome] = asyncio.get_running_loop().create_future()
         self._queue.append((op, fut))
         self._wakeup.set()
@@ -88,8 +72,8 @@ class GroupCommitter:
 
     async def _run(self) -> None:
         while True:
-            if not self._queue or self._committing:  # (a lone write may be committing)
-                if self._closed and not self._queue and not self._committing:
+            if not self._queue:
+                if self._closed:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
