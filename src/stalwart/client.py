@@ -286,13 +286,15 @@ class Engine:
         """Run the worker until SIGINT/SIGTERM or :meth:`request_stop`."""
         if not self._want_worker:
             raise ConfigurationError("this engine was created with worker=False")
-        await self.open()
+        # Handlers first: a SIGTERM while the store opens (migrations, registration) is a
+        # graceful stop too, not the default action that kills the process.
         self._stop_requested = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stop_requested.set)
         try:
+            await self.open()
             await self._stop_requested.wait()
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):

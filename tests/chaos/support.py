@@ -271,8 +271,17 @@ class Fleet:
             if worker.pid not in self._dying:
                 worker.check_alive()
 
-    async def terminate(self) -> list[int]:
-        """Stop every current worker gracefully; their exit statuses."""
+    async def terminate(self, engine: Engine) -> list[int]:
+        """Stop every current worker gracefully; their exit statuses.
+
+        Each is first awaited until it has registered: a worker restarted just before
+        would otherwise get SIGTERM while still importing, before its engine installed
+        the handler that makes the stop graceful (exit status -15 instead of 0)."""
+        deadline = time.monotonic() + 30.0
+        for worker in self.current:
+            while worker.alive() and not await worker.registered(engine):
+                assert time.monotonic() < deadline, f"worker {worker.pid} never registered"
+                await asyncio.sleep(0.02)
         return [await w.terminate() for w in self.current if w.alive()]
 
     def cleanup(self) -> None:

@@ -170,7 +170,7 @@ async def test_compensations_are_never_skipped_nor_repeated(tmp_path: Path) -> N
             retried.append(time.time() - reopened_at)
             final_statuses = await statuses()
             final = await oracle.load_timelines(client)
-            exits = await fleet.terminate()
+            exits = await fleet.terminate(client)
     finally:
         fleet.cleanup()
 

@@ -156,7 +156,7 @@ async def test_a_poison_workflow_is_parked_and_can_be_resumed(tmp_path: Path) ->
                 if d.status == "completed"
             }
             final = await oracle.load_timelines(client)
-            exits_ok = await fleet.terminate()
+            exits_ok = await fleet.terminate(client)
     finally:
         fleet.cleanup()
 
@@ -278,7 +278,7 @@ async def test_a_workflow_that_progresses_between_crashes_is_not_poison(tmp_path
                 await handle.resume()  # finish it, to check the rest
             value = await handle.result(timeout=60)
             final = await oracle.load_timelines(client)
-            exits = await fleet.terminate()
+            exits = await fleet.terminate(client)
     finally:
         fleet.cleanup()
 

@@ -138,7 +138,7 @@ async def run_scenario(tmp_path: Path, url: str, store: str) -> None:
                 )
             statuses = {d.id: d.status for d in (await client.list(limit=10_000)).items}
             final = await oracle.load_timelines(client)
-            exits = await fleet.terminate()
+            exits = await fleet.terminate(client)
     finally:
         if placing is not None and not placing.done():
             placing.cancel()  # the test failed half-way
