@@ -336,19 +336,30 @@ async def test_three_workers_share_one_postgres_database_through_kills_and_disco
                         terminated = await asyncio.to_thread(terminate_backends, db)
                         disconnects.append(Disconnect(at=at, terminated=terminated))
                         continue
-                    victim = current[victim_slot]
+                    chosen = [victim_slot]
 
-                    async def victim_busy(victim: PgWorker = victim) -> bool:
-                        # The victim runs a queued step and owns running workflows.
+                    async def victim_busy(
+                        preferred: int = victim_slot, chosen: list[int] = chosen
+                    ) -> bool:
+                        # The victim runs a queued step and owns running workflows: the
+                        # drawn slot's worker if it is busy, else any busy one (after a
+                        # disconnect a worker whose lease lapsed may have lost its work).
                         running = await asyncio.to_thread(running_queued, side)
-                        if not running.get(victim.pid):
-                            return False
                         items = (await engine.list(status="running", limit=10_000)).items
-                        return any(d.owner == victim.worker_id for d in items)
+                        owners = {d.owner for d in items}
+                        slots = [preferred] + [s for s in range(WORKER_COUNT) if s != preferred]
+                        for slot in slots:
+                            worker = current[slot]
+                            if running.get(worker.pid) and worker.worker_id in owners:
+                                chosen[0] = slot
+                                return True
+                        return False
 
                     await wait_until(
-                        tolerant(victim_busy), 30, "the victim to be busy", check=all_alive
+                        tolerant(victim_busy), 30, "a worker to be busy", check=all_alive
                     )
+                    victim_slot = chosen[0]
+                    victim = current[victim_slot]
                     await asyncio.sleep(rng.uniform(0.0, 0.03))
                     items = (await engine.list(status="running", limit=10_000)).items
                     owned_at_kill.append({d.id for d in items if d.owner == victim.worker_id})
