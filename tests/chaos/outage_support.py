@@ -36,7 +36,7 @@ import psycopg
 from stalwart import Engine, HistoryEvent, StoreError, WorkflowDescription
 from tests.postgres_support import database_dsn, require_postgres, store_url, temporary_database
 
-from . import outage_oracle
+from . import outage_oracle, support
 from .outage_app import WAKE_STEP
 from .report import record
 from .support import REPO_ROOT, sqlite_url
@@ -295,19 +295,15 @@ async def wait_until(
     interval: float = 0.05,
     check: Callable[[], None] | None = None,
 ) -> None:
-    """Poll ``condition`` (a failing store read counts as "not yet") until it holds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if check is not None:
-            check()
+    """:func:`support.wait_until`, where a failing store read counts as "not yet"."""
+
+    async def tolerant() -> bool:
         try:
-            if await condition():
-                return
+            return await condition()
         except StoreError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
+            return False
+
+    await support.wait_until(tolerant, timeout, what, interval=interval, check=check)
 
 
 async def retry_store(fn: Callable[[], Awaitable[Any]], *, attempts: int = 600) -> Any:
