@@ -373,7 +373,68 @@ class SQLiteStore:
     def _append(self, conn: sqlite3.Connection, op: AppendEvents, now: float) -> WriteOutcome:
         terminal = op.status is not None
         new_len = op.expected_seq + len(op.events)
-        row = conn.execute(
+        row = None
+        if not terminal and not op.release:
+            # Most steps change neither status nor owner. Naming those columns in SET makes
+            # SQLite rewrite their index entries even when the value stays, and every page
+            # so touched is one more WAL frame to fsync (5.3 frames per step instead of 2.3).
+            # A status change (the first step, entering compensation) or a refusal falls
+            # through to the full form.
+            row = conn.execute(
+                "UPDATE instances SET updated_at = ?1, needs_intervention = 0,"
+                " wake_at = CASE"
+                "   WHEN EXISTS (SELECT 1 FROM inbox WHERE instance_id = ?2 AND id > ?3) THEN ?1"
+                "   ELSE ?4 END,"
+                " history_len = ?5, current_step = ?6, recoveries = 0 "
+                "WHERE id = ?2 AND owner = ?7 AND epoch = ?8 AND history_len = ?9 "
+                "AND status IN (coalesce(?10, 'running'), coalesce(?10, 'compensating')) "
+                "RETURNING run_id, parent_id",
+                (
+                    now,
+                    op.instance_id,
+                    op.inbox_upto,
+                    op.wake_at,
+                    new_len,
+                    op.current_step,
+                    op.owner,
+                    op.epoch,
+                    op.expected_seq,
+                    op.active_status,
+                ),
+            ).fetchone()
+        if row is None:
+            row = self._append_full(conn, op, now, new_len)
+        if row is None:
+            return WriteOutcome(False, self._refusal(conn, op.instance_id))
+        run_id, parent_id = row
+        if op.events:
+            self._insert_events(conn, op.instance_id, run_id, op.expected_seq, op.events)
+        if op.inbox_upto:
+            conn.execute(
+                "DELETE FROM inbox WHERE instance_id = ? AND id <= ?",
+                (op.instance_id, op.inbox_upto),
+            )
+        if op.search_attributes is not None:
+            conn.execute(
+                "UPDATE instances SET search_attributes = ? WHERE id = ?",
+                (json.dumps(op.search_attributes), op.instance_id),
+            )
+        if op.new_run is not None:
+            self._continue_as_new(conn, op.instance_id, op.new_run, now)
+        for effect in op.effects:
+            self._apply(conn, effect, now)
+        if terminal and parent_id is not None and not op.needs_intervention:
+            rec = self._get(conn, op.instance_id)
+            assert rec is not None
+            self._notify_parent(conn, parent_id, op.instance_id, now, child_outcome(rec))
+        return WriteOutcome(True)
+
+    def _append_full(
+        self, conn: sqlite3.Connection, op: AppendEvents, now: float, new_len: int
+    ) -> tuple[str, str | None] | None:
+        """The step's compare-and-set in its general form: status, owner and outcome too."""
+        terminal = op.status is not None
+        row: tuple[str, str | None] | None = conn.execute(
             "UPDATE instances SET "
             " status = CASE WHEN ?1 IS NOT NULL THEN ?1 WHEN ?14 IS NOT NULL THEN ?14 "
             "   WHEN status = 'pending' THEN 'running' ELSE status END,"
@@ -406,30 +467,7 @@ class SQLiteStore:
                 int(op.needs_intervention and op.status == "failed"),
             ),
         ).fetchone()
-        if row is None:
-            return WriteOutcome(False, self._refusal(conn, op.instance_id))
-        run_id, parent_id = row
-        if op.events:
-            self._insert_events(conn, op.instance_id, run_id, op.expected_seq, op.events)
-        if op.inbox_upto:
-            conn.execute(
-                "DELETE FROM inbox WHERE instance_id = ? AND id <= ?",
-                (op.instance_id, op.inbox_upto),
-            )
-        if op.search_attributes is not None:
-            conn.execute(
-                "UPDATE instances SET search_attributes = ? WHERE id = ?",
-                (json.dumps(op.search_attributes), op.instance_id),
-            )
-        if op.new_run is not None:
-            self._continue_as_new(conn, op.instance_id, op.new_run, now)
-        for effect in op.effects:
-            self._apply(conn, effect, now)
-        if terminal and parent_id is not None and not op.needs_intervention:
-            rec = self._get(conn, op.instance_id)
-            assert rec is not None
-            self._notify_parent(conn, parent_id, op.instance_id, now, child_outcome(rec))
-        return WriteOutcome(True)
+        return row
 
     def _continue_as_new(
         self, conn: sqlite3.Connection, instance_id: str, started: Event, now: float
