@@ -429,10 +429,15 @@ class PostgresStore:
                     room,
                 )
             )
+        # The uncorrelated EXISTS is a one-time filter: with no expired worker (the usual
+        # case) the takeover pick reads nothing. Without it the planner may walk every
+        # active instance by name and status to find none (milliseconds per scan with a
+        # few thousand in flight).
+        any_dead = "EXISTS (SELECT 1 FROM workers WHERE expires_at < %(now)s AND id <> %(worker)s)"
         picks.append(
             (
-                f"SELECT id FROM instances WHERE {innocent}owner IN (SELECT id FROM workers "
-                f"WHERE expires_at < %(now)s AND id <> %(worker)s) AND {own_lease} "
+                f"SELECT id FROM instances WHERE {any_dead} AND {innocent}owner IN (SELECT id "
+                f"FROM workers WHERE expires_at < %(now)s AND id <> %(worker)s) AND {own_lease} "
                 f"AND status IN {ACTIVE} AND {condition} ORDER BY wake_at",
                 params,
                 limit,
