@@ -14,6 +14,7 @@ import inspect
 import logging
 import random as _random
 import uuid as _uuid
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
@@ -56,13 +57,16 @@ class _ReplaySafeLogger(logging.LoggerAdapter[logging.Logger]):
 
     def __init__(self, logger: logging.Logger, ctx: WorkflowContext) -> None:
         super().__init__(logger, {"workflow_id": ctx.instance_id})
-        self._ctx = ctx
+        # Weak: the context owns this logger, and a cycle would outlive an evicted run.
+        self._ctx = weakref.ref(ctx)
+        self._instance_id = ctx.instance_id
 
     def isEnabledFor(self, level: int) -> bool:
-        return not self._ctx.is_replaying and self.logger.isEnabledFor(level)
+        ctx = self._ctx()
+        return ctx is not None and ctx.logging_enabled() and self.logger.isEnabledFor(level)
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        return f"[{self._ctx.instance_id}] {msg}", kwargs
+        return f"[{self._instance_id}] {msg}", kwargs
 
 
 class WorkflowContext:
@@ -95,6 +99,16 @@ class WorkflowContext:
             logging.getLogger(f"stalwart.workflow.{workflow_name}"), self
         )
         """A logger that stays silent while the workflow replays."""
+
+    def detach(self) -> None:
+        """Forget the run: it left memory (evicted, ended, fenced off) and is never resumed
+        through this context again; without the back-references all is freed at once."""
+        del self._run
+        self._saga = self._root_saga = None
+
+    def logging_enabled(self) -> bool:
+        """Whether ``ctx.log`` writes now: live execution of a run still in memory."""
+        return hasattr(self, "_run") and not self.is_replaying
 
     @property
     def is_replaying(self) -> bool:

@@ -271,6 +271,9 @@ class WorkflowRun:
         """
         self._closing = True
         self.loop.discard()
+        detach = getattr(self.context, "detach", None)
+        if callable(detach):
+            detach()  # the workflow context and the run would keep each other alive
 
     # -- commands issued by workflow code (called through the WorkflowContext) ----------
     def schedule_activity(
