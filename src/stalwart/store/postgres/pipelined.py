@@ -16,6 +16,7 @@ inserts nothing and the batch runs the full create, which handles existing insta
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TypeGuard
 
 from psycopg.types.json import Jsonb
@@ -74,6 +75,55 @@ def append_params(
         [float(t) for t, _ in op.events],
         [dumps(e.to_data()) for _, e in op.events],
         child_payload,
+        channel,
+        queue_channel,
+    )
+
+
+_BATCH_TYPES = (
+    "text[]", "text[]", "bigint[]", "integer[]", "text[]", "text[]", "text[]", "text[]",
+    "boolean[]", "boolean[]", "bigint[]", "float8[]", "text[]", "jsonb[]",
+)  # fmt: skip
+APPEND_BATCH_SQL = (
+    "SELECT ok, found, wake_at FROM stalwart_append_batch("
+    + ", ".join(f"%b::{t}" for t in _BATCH_TYPES)
+    + ", %s, %b::integer[], %b::text[], %b::float8[], %b::text[], %b::text[], %s, %s)"
+)
+"""Every plain step of a batch in one call (migration 0006); see :func:`append_batch_params`."""
+
+
+def _column(values: list[Any]) -> list[Any] | None:
+    # psycopg cannot tell the element type of a list of nothing but None; NULL works the
+    # same inside the function (NULL[i] is NULL).
+    return values if any(v is not None for v in values) else None
+
+
+def append_batch_params(
+    ops: Sequence[AppendEvents],
+    codec: Codec,
+    now: float | None,
+    channel: str,
+    queue_channel: str,
+) -> tuple[Any, ...]:
+    """The arguments of ``stalwart_append_batch``: one array per argument of
+    ``stalwart_append``, and the steps' events flattened with a count per step."""
+    calls = [append_params(op, codec, now, channel, queue_channel) for op in ops]
+    columns = [_column([call[i] for call in calls]) for i in range(14)]
+    kinds: list[str] = []
+    times: list[float] = []
+    data: list[str] = []
+    for call in calls:
+        kinds += call[15]
+        times += call[16]
+        data += call[17]
+    return (
+        *columns,
+        now,
+        [len(call[15]) for call in calls],
+        kinds,
+        times,
+        data,
+        _column([call[18] for call in calls]),
         channel,
         queue_channel,
     )

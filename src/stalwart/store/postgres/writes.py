@@ -52,9 +52,11 @@ from stalwart.store.base import (
 from stalwart.store.postgres import queues
 from stalwart.store.postgres._common import ACTIVE, INSTANCE_COLS, TERMINAL, decode_instance
 from stalwart.store.postgres.pipelined import (
+    APPEND_BATCH_SQL,
     APPEND_SQL,
     CREATE_SQL,
     INSERT_INSTANCE,
+    append_batch_params,
     append_outcome,
     append_params,
     create_params,
@@ -107,12 +109,19 @@ class Batch:
     async def _flush(
         self, steps: Sequence[AppendEvents], starts: Sequence[CreateInstance]
     ) -> list[WriteOutcome]:
+        if len(steps) == 1:
+            call = append_params(
+                steps[0], self._codec, self._now, self._channel, self._queue_channel
+            )
+            return [append_outcome(row) for row in await self._pipelined(APPEND_SQL, [call])]
         if steps:
-            params = [
-                append_params(op, self._codec, self._now, self._channel, self._queue_channel)
-                for op in steps
-            ]
-            return [append_outcome(row) for row in await self._pipelined(APPEND_SQL, params)]
+            batch = append_batch_params(
+                steps, self._codec, self._now, self._channel, self._queue_channel
+            )
+            await self._cur.execute(APPEND_BATCH_SQL, batch)
+            results = await self._cur.fetchall()
+            assert len(results) == len(steps), (len(results), len(steps))
+            return [append_outcome(row) for row in results]
         if starts:
             params = [create_params(op, self._codec, self._now) for op in starts]
             rows = await self._pipelined(CREATE_SQL, params)
