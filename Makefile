@@ -52,6 +52,7 @@ chaos: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.step_floor
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
