@@ -24,6 +24,7 @@ from psycopg.types.json import Jsonb
 from stalwart.codec import Codec
 from stalwart.store.base import AppendEvents, CreateInstance, WriteOp, WriteOutcome
 from stalwart.store.postgres._common import INSTANCE_COLS
+from stalwart.store.postgres.arrays import Float8Array, TextArray
 
 # The event arrays go in binary format (%b): in text format psycopg escapes every quote
 # of the JSON payloads with a regex substitution, which cost more than the rest of a step.
@@ -71,9 +72,9 @@ def append_params(
         op.current_step,
         Jsonb(op.search_attributes) if op.search_attributes is not None else None,
         now,
-        [e.kind for _, e in op.events],
-        [float(t) for t, _ in op.events],
-        [dumps(e.to_data()) for _, e in op.events],
+        TextArray([e.kind for _, e in op.events]),
+        Float8Array([float(t) for t, _ in op.events]),
+        TextArray([dumps(e.to_data()) for _, e in op.events]),
         child_payload,
         channel,
         queue_channel,
@@ -109,9 +110,9 @@ def append_batch_params(
     ``stalwart_append``, and the steps' events flattened with a count per step."""
     calls = [append_params(op, codec, now, channel, queue_channel) for op in ops]
     columns = [_column([call[i] for call in calls]) for i in range(14)]
-    kinds: list[str] = []
-    times: list[float] = []
-    data: list[str] = []
+    kinds = TextArray()
+    times = Float8Array()
+    data = TextArray()
     for call in calls:
         kinds += call[15]
         times += call[16]
@@ -187,7 +188,7 @@ def create_params(op: CreateInstance, codec: Codec, now: float) -> tuple[Any, ..
     events = [(now, op.started), *op.prefix]
     return (
         *instance_params(op, codec, now),
-        [e.kind for _, e in events],
-        [float(t) for t, _ in events],
-        [codec.dumps(e.to_data()) for _, e in events],
+        TextArray([e.kind for _, e in events]),
+        Float8Array([float(t) for t, _ in events]),
+        TextArray([codec.dumps(e.to_data()) for _, e in events]),
     )
