@@ -661,7 +661,8 @@ class WorkflowRun:
 
     def _emit(self, event: ev.Event) -> ev.Event:
         """Record a command (live) or check it against history (replay)."""
-        self.check_not_querying(event.describe())
+        if self._querying:
+            self.check_not_querying(event.describe())
         if self._diverged is not None or self._closing:
             raise _Diverged()
         if self.is_replaying:
