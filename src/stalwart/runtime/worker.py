@@ -265,6 +265,9 @@ class Worker:
     async def stop(self) -> None:
         """Stop claiming, let running activities finish (up to the grace period), hand back
         every instance still owned and release the lease."""
+        if self._gc_held:  # first, so that a failing stop cannot keep it raised
+            self._gc_held = False
+            gc_tuning.release()
         self._stopping = True
         self._draining = True
         self._scan_kick.set()
@@ -287,9 +290,6 @@ class Worker:
             await asyncio.get_running_loop().run_in_executor(None, self._heartbeat.stop)
         await self.store.deregister_worker(self.id)
         self._executor.shutdown(wait=False, cancel_futures=True)
-        if self._gc_held:
-            self._gc_held = False
-            gc_tuning.release()
 
     # -- entry points used by the engine -------------------------------------------------
     def kick(self) -> None:
