@@ -50,3 +50,33 @@ async def test_each_step_of_a_batch_is_its_own_compare_and_set(open_pg: StoreFac
     assert a is not None and (a.history_len, a.wake_at) == (4, t + 60)
     assert b is not None and b.history_len == 2
     assert d is not None and (d.status, d.output, d.owner) == ("completed", 7, None)
+
+
+async def test_a_batch_mixes_search_attributes_errors_and_plain_steps(
+    open_pg: StoreFactory,
+) -> None:
+    store = await open_pg()
+    for name in ("s1", "s2", "s3"):
+        await running(store, name)
+    t = store.now()
+    outcomes = await store.write(
+        [
+            AppendEvents("s1", "w1", 1, 2, [], search_attributes={"customer": "c-1", "n": 3}),
+            AppendEvents("s2", "w1", 1, 2, []),
+            AppendEvents(
+                "s3",
+                "w1",
+                1,
+                2,
+                [(t, WorkflowCompleted(result=None))],
+                status="failed",
+                error={"type": "Boom", "message": 'it\'s "quoted"'},
+            ),
+        ]
+    )
+    assert [o.ok for o in outcomes] == [True, True, True]
+    s1, s2, s3 = [await store.get_instance(n) for n in ("s1", "s2", "s3")]
+    assert s1 is not None and s1.search_attributes == {"customer": "c-1", "n": 3}
+    assert s2 is not None and not s2.search_attributes
+    assert s3 is not None and s3.status == "failed"
+    assert s3.error == {"type": "Boom", "message": 'it\'s "quoted"'}
