@@ -95,8 +95,8 @@ def store_steps(store: SQLiteStore, seq: int) -> tuple[float, float, int]:
             active_status="running",
             current_step="step",
         )
-        (outcome,) = store._write_batch([op], wait=True) or [None]
-        assert outcome is not None and outcome.ok, outcome
+        outcomes = store._write_batch([op], wait=True)  # wait=True: never None
+        assert outcomes is not None and outcomes[0].ok, outcomes
         seq += 1
     elapsed = time.perf_counter() - t0
     frames = (_wal_size(store.path) - wal0) / FRAME / COMMITS

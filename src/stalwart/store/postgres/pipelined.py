@@ -99,6 +99,12 @@ def _column(values: list[Any]) -> list[Any] | None:
     return values if any(v is not None for v in values) else None
 
 
+# Positions in the arguments of ``stalwart_append`` (see append_params): the 14 per-step
+# scalars come first, then ``now``, the three event arrays and the child payload.
+_STEP_SCALARS = slice(0, 14)
+_KINDS, _TIMES, _DATA, _CHILD_PAYLOAD = 15, 16, 17, 18
+
+
 def append_batch_params(
     ops: Sequence[AppendEvents],
     codec: Codec,
@@ -109,22 +115,21 @@ def append_batch_params(
     """The arguments of ``stalwart_append_batch``: one array per argument of
     ``stalwart_append``, and the steps' events flattened with a count per step."""
     calls = [append_params(op, codec, now, channel, queue_channel) for op in ops]
-    columns = [_column([call[i] for call in calls]) for i in range(14)]
-    kinds = TextArray()
-    times = Float8Array()
-    data = TextArray()
+    rows = [call[_STEP_SCALARS] for call in calls]
+    columns = [_column(list(column)) for column in zip(*rows, strict=True)]
+    kinds, times, data = TextArray(), Float8Array(), TextArray()
     for call in calls:
-        kinds += call[15]
-        times += call[16]
-        data += call[17]
+        kinds += call[_KINDS]
+        times += call[_TIMES]
+        data += call[_DATA]
     return (
         *columns,
         now,
-        [len(call[15]) for call in calls],
+        [len(call[_KINDS]) for call in calls],
         kinds,
         times,
         data,
-        _column([call[18] for call in calls]),
+        _column([call[_CHILD_PAYLOAD] for call in calls]),
         channel,
         queue_channel,
     )
