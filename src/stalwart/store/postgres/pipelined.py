@@ -5,7 +5,8 @@ function (migration 0003) does what ``Batch._append`` does statement by
 statement: the compare-and-set on the instance row, the history rows, the inbox
 acknowledgement, the parent's notification and the wake-up NOTIFYs. A lone step is then
 one autocommit statement (one round trip instead of six), and a group-commit batch sends
-its steps as one pipelined ``executemany``. Steps with effects on other instances or a
+a run of steps as one ``stalwart_append_batch`` call (migration 0006: ``stalwart_append``
+per element of its argument arrays). Steps with effects on other instances or a
 continue-as-new take the statement-by-statement path, which applies those in the same
 transaction.
 

@@ -83,8 +83,9 @@ class Batch:
         self._queues: dict[str, None] = {}
 
     async def apply_all(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
-        """Apply ``ops`` in order; runs of plain steps, and runs of starts, each go as one
-        pipelined ``executemany`` (one round trip instead of one or more per operation)."""
+        """Apply ``ops`` in order; a run of plain steps goes as one ``stalwart_append_batch``
+        call and a run of starts as one pipelined ``executemany`` (one round trip instead of
+        one or more per operation)."""
         outcomes: list[WriteOutcome] = []
         steps: list[AppendEvents] = []
         starts: list[CreateInstance] = []
