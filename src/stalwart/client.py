@@ -54,7 +54,7 @@ from stalwart.retry import RetryPolicy
 from stalwart.runtime.clock import Clock, RealClock
 from stalwart.runtime.committer import GroupCommitter
 from stalwart.runtime.instance import build_instance
-from stalwart.runtime.worker import Worker, WorkerOptions, update_key
+from stalwart.runtime.worker import Ending, Worker, WorkerOptions, update_key
 from stalwart.saga import ALERT_ACTIVITY
 from stalwart.steps import StepInfo, steps_from_history
 from stalwart.store import open_store
@@ -215,7 +215,7 @@ class Engine:
         self._store: Store | None = None
         self._committer: GroupCommitter | None = None
         self.worker: Worker | None = None
-        self._closed_events: dict[str, asyncio.Event] = {}
+        self._closed_events: dict[str, _ClosedSignal] = {}
         self._stop_requested: asyncio.Event | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -517,16 +517,27 @@ class Engine:
             )
 
     # -- internal notifications ----------------------------------------------------------
-    def _instance_closed(self, instance_id: str) -> None:
+    def _instance_closed(self, instance_id: str, ending: Ending | None = None) -> None:
         event = self._closed_events.get(instance_id)
         if event is not None:
+            if ending is not None:
+                event.ending = ending
             event.set()
 
-    def _closed_event(self, instance_id: str) -> asyncio.Event:
+    def _closed_event(self, instance_id: str) -> _ClosedSignal:
         event = self._closed_events.get(instance_id)
         if event is None:
-            event = self._closed_events[instance_id] = asyncio.Event()
+            event = self._closed_events[instance_id] = _ClosedSignal()
         return event
+
+
+class _ClosedSignal(asyncio.Event):
+    """Set when an instance (or an update) may have closed; carries the run's ending
+    when this process's worker committed it, so waiters need not read it back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ending: Ending | None = None
 
 
 def _build_registry(
@@ -591,27 +602,33 @@ class WorkflowHandle(Generic[R]):
         Raises :class:`WorkflowFailedError` if it failed, was cancelled, terminated or
         timed out, and :class:`TimeoutError` if ``timeout`` seconds pass first.
         """
-        rec = await asyncio.wait_for(self._wait_closed(), timeout)
-        if rec.status == "completed":
-            defn = self._defn or self.engine.registry.workflow(rec.name, rec.version)
+        if timeout is None:
+            status, defn, output, error = await self._wait_closed()
+        else:
+            status, defn, output, error = await asyncio.wait_for(self._wait_closed(), timeout)
+        if status == "completed":
             if defn is None:
-                value: R = rec.output
+                value: R = output
                 return value
-            decoded: R = defn.signature.decode_result(self.engine.converter, rec.output)
+            decoded: R = defn.signature.decode_result(self.engine.converter, output)
             return decoded
-        err = rec.error or {}
+        err = error or {}
         raise WorkflowFailedError(
             self.id,
-            rec.status,
+            status,
             str(err.get("message", "")),
             error_type=str(err.get("type", "")),
             traceback=str(err.get("traceback", "")),
         )
 
-    async def _wait_closed(self) -> InstanceRecord:
+    async def _wait_closed(
+        self,
+    ) -> tuple[str, WorkflowDefinition[Any, R] | None, Any, dict[str, Any] | None]:
+        """The run's end: status, definition (None: not registered here), output, error."""
         # An instance live in this process's worker announces in-process when it ends or
         # leaves the worker, so it is not polled (a re-read once per lease is the safety
-        # net). Others are polled with a backoff.
+        # net); when that worker committed the end, the announcement carries it. Others
+        # are polled with a backoff.
         event = self.engine._closed_event(self.id)
         worker = self.engine.worker
         safety = max(self.engine.options.lease_seconds, self.engine.options.poll_interval)
@@ -619,14 +636,19 @@ class WorkflowHandle(Generic[R]):
         read = worker is None or self.id not in worker.live
         try:
             while True:
+                ending = event.ending
+                if ending is not None:
+                    return ending.status, self._defn or ending.defn, ending.output, ending.error
                 if read:
                     rec = await self._record()
                     if rec.status in TERMINAL_STATUSES:
-                        return rec
+                        defn = self._defn or self.engine.registry.workflow(rec.name, rec.version)
+                        return rec.status, defn, rec.output, rec.error
                 read = True
                 local = worker is not None and self.id in worker.live
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), safety if local else delay)
+                    async with asyncio.timeout(safety if local else delay):
+                        await event.wait()
                 event.clear()
                 delay = min(delay * 2, 0.5)
         finally:
@@ -748,7 +770,8 @@ class WorkflowHandle(Generic[R]):
                 if found is not None:
                     return found
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await event.wait()
                 event.clear()
                 delay = min(delay * 2, 0.5)
         finally:

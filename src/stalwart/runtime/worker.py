@@ -171,7 +171,7 @@ class Worker:
         converter: TypeConverter,
         clock: Clock,
         options: WorkerOptions,
-        on_closed: Callable[[str], None],
+        on_closed: Callable[[str, Ending | None], None],
     ) -> None:
         self.store = store
         self.committer = committer
@@ -629,7 +629,7 @@ class Worker:
             inst.saved_search = dict(op.search_attributes)
         for event in new:
             if isinstance(event, ev.UpdateCompleted | ev.UpdateRejected):
-                self._on_closed(update_key(event.update_id))
+                self._on_closed(update_key(event.update_id), None)
         self._warn_long_history(inst)
         if any(isinstance(e, ev.ChildWorkflowStarted) for e in new):
             self.kick()  # the children are unowned and due now: claim them here
@@ -651,8 +651,13 @@ class Worker:
             )
             return False
         if op.status is not None:  # ended, or parked for an operator
+            # Committed, so waiters in this process may take the outcome from here
+            # rather than read it back (a parked failure they read: it is not over).
+            ending = (
+                None if op.needs_intervention else Ending(op.status, inst.defn, op.output, op.error)
+            )
+            self._on_closed(inst.id, ending)
             self._drop(inst)
-            self._on_closed(inst.id)
             return False
         if op.release:
             redeliver = inst.inbox_dirty or bool(inst.incoming)
@@ -947,9 +952,19 @@ class Worker:
             del self.live[inst.id]
             # In-process waiters on a live instance read the store only when told: it
             # ended, or left this worker (evicted, fenced off) and must be watched there.
-            self._on_closed(inst.id)
+            self._on_closed(inst.id, None)
         if not inst.closed:
             inst.cancel_everything()
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How a run ended, as its final write committed it (told to waiters in-process)."""
+
+    status: str
+    defn: WorkflowDefinition[Any, Any]
+    output: Any
+    error: dict[str, Any] | None
 
 
 @dataclass(frozen=True, slots=True)
