@@ -87,7 +87,7 @@ def test_open_store_dispatches_postgres_urls() -> None:
     assert store._clock is None
     caps = store.capabilities
     assert (caps.durable, caps.multi_process) == (True, True)
-    assert caps.extra == {"listen_notify": True, "skip_locked": True}
+    assert caps.extra == {"listen_notify": True, "skip_locked": True, "concurrent_writes": True}
 
 
 def test_url_options() -> None:

@@ -5,14 +5,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import pytest
+
 from stalwart.runtime.committer import GroupCommitter
-from stalwart.store.base import SendMessage, WriteOp, WriteOutcome
+from stalwart.store.base import SendMessage, StoreCapabilities, WriteOp, WriteOutcome
 
 
 class SlowStore:
     """Records batches; a write is 'durable' only when its commit returns."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, concurrent_writes: bool = False) -> None:
+        self.capabilities = StoreCapabilities(
+            durable=True, multi_process=False, extra={"concurrent_writes": concurrent_writes}
+        )
         self.batches: list[int] = []
         self.committed = 0
 
@@ -43,7 +48,47 @@ async def test_concurrent_writes_are_batched_and_resume_after_commit() -> None:
     assert sorted(seen_committed) == seen_committed
 
 
+async def test_a_lone_write_commits_from_its_task_where_writes_run_side_by_side() -> None:
+    """With ``concurrent_writes`` a write submitted with nothing queued commits from the
+    submitting task (no trip through the commit task); writes submitted meanwhile still
+    share transactions, and every waiter resumes only once its own write committed."""
+    store = SlowStore(concurrent_writes=True)
+    committer = GroupCommitter(store, max_batch=64)  # type: ignore[arg-type]
+    committer.start()
+    assert committer._task is not None
+    outcome = await committer.submit(SendMessage("lone", "signal", "s"))
+    assert outcome.ok and store.batches == [1] and committer.batches == 1
+    assert not committer.pending
+
+    seen: list[tuple[int, int]] = []
+
+    async def writer(i: int) -> None:
+        before = store.committed
+        assert (await committer.submit(SendMessage(f"i{i}", "signal", "s"))).ok
+        seen.append((before, store.committed))
+
+    await asyncio.gather(*(writer(i) for i in range(200)))
+    await committer.close()
+    assert sum(store.batches) == 201
+    assert store.batches[1] == 1  # the first of the burst went alone...
+    assert len(store.batches) < 20  # ...the others shared transactions beside it
+    assert all(after > before for before, after in seen)
+
+
+async def test_a_failed_lone_write_reaches_its_waiter() -> None:
+    store = FailingStore()
+    store.capabilities = StoreCapabilities(True, False, {"concurrent_writes": True})
+    committer = GroupCommitter(store)  # type: ignore[arg-type]
+    committer.start()
+    with pytest.raises(OSError, match="disk full"):
+        await committer.submit(SendMessage("x", "signal", "s"))
+    assert not committer.pending
+    await committer.close()
+
+
 class FailingStore:
+    capabilities = StoreCapabilities(durable=True, multi_process=False)
+
     async def write(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
         raise OSError("disk full")
 
