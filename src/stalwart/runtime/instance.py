@@ -32,6 +32,10 @@ class LiveInstance:
     unsaved: list[ev.Event] = field(default_factory=list)
     driving: asyncio.Task[None] | None = None
     activity_tasks: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    adopter: asyncio.Task[None] | None = None
+    """The activity task driving the instance, which may run the next activity itself."""
+    adopted: int | None = None
+    """The activity ``adopter`` set aside to run once its drive ends (no task spawned)."""
     retry_handles: dict[int, Cancellable] = field(default_factory=dict)
     wake_handle: Cancellable | None = None
     acks: list[asyncio.Future[None]] = field(default_factory=list)
@@ -77,9 +81,12 @@ class LiveInstance:
     def cancel_everything(self) -> None:
         """Stop activity tasks and timers and close the run (the instance leaves memory)."""
         self.closed = True
+        current = asyncio.current_task()
         for task in self.activity_tasks.values():
-            task.cancel()
+            if task is not current:  # an adopter mid-drive: it sees `closed` and stops
+                task.cancel()
         self.activity_tasks.clear()
+        self.adopted = None
         for handle in self.retry_handles.values():
             handle.cancel()
         self.retry_handles.clear()

@@ -542,6 +542,8 @@ class Worker:
                     for msg in await self.store.fetch_inbox(inst.id, inst.inbox_cursor):
                         inst.inbox_cursor = msg.id
                         inst.incoming.append(inbox_event(msg))
+                if inst.adopted is not None and (inst.incoming or inst.unsaved):
+                    self._spawn_adopted(inst)  # more to commit first: do not hold it back
                 if not await self._step(inst):
                     if inst.id == self._isolating and not inst.run.activities:
                         # A suspect that settled (waiting for a timer, a signal...) without
@@ -885,8 +887,13 @@ class Worker:
             return
         run = inst.run
         for cmd in [c for c in inst.activity_tasks if c not in run.activities]:
-            inst.activity_tasks.pop(cmd).cancel()  # abandoned by the workflow
+            task = inst.activity_tasks.pop(cmd)  # abandoned by the workflow
+            if cmd == inst.adopted:
+                inst.adopted = None  # set aside by the task driving now: never started
+            else:
+                task.cancel()
         now = self.clock.now()
+        adopter = inst.adopter if inst.adopter is asyncio.current_task() else None
         if not self._draining:
             for cmd, act in run.activities.items():
                 if cmd in inst.activity_tasks or cmd in inst.retry_handles:
@@ -897,6 +904,11 @@ class Worker:
                     inst.retry_handles[cmd] = self.clock.call_at(
                         act.retry_at, functools.partial(self._retry_due, inst, cmd)
                     )
+                elif adopter is not None and inst.adopted is None:
+                    # The activity task driving this instance runs it once its drive
+                    # ends: a sequential workflow needs no new task per step.
+                    inst.adopted = cmd
+                    inst.activity_tasks[cmd] = adopter
                 else:
                     inst.activity_tasks[cmd] = self._spawn(self._run_activity(inst, cmd))
         if inst.wake_handle is not None:
@@ -916,9 +928,22 @@ class Worker:
             self._dispatch(inst)
 
     async def _run_activity(self, inst: LiveInstance, cmd: int) -> None:
+        """Run activity ``cmd``, then any activity this task adopted while driving."""
+        next_cmd: int | None = cmd
+        while next_cmd is not None:
+            next_cmd = await self._run_one_activity(inst, next_cmd)
+
+    def _spawn_adopted(self, inst: LiveInstance) -> None:
+        """Start the set-aside activity in a task of its own (the drive goes on)."""
+        cmd, inst.adopted = inst.adopted, None
+        if cmd is not None and inst.activity_tasks.get(cmd) is inst.adopter:
+            inst.activity_tasks[cmd] = self._spawn(self._run_activity(inst, cmd))
+
+    async def _run_one_activity(self, inst: LiveInstance, cmd: int) -> int | None:
+        """Run one attempt and record it; returns an activity adopted meanwhile."""
         act = inst.run.activities.get(cmd)
         if act is None:
-            return
+            return None
         # The slot is held until the outcome is committed, so a crash loses at most
         # ``max_concurrent_activities`` finished-but-unrecorded results.
         async with self._activity_slots:
@@ -935,17 +960,26 @@ class Worker:
             )
             faults.point("activity.after_result")
             if inst.closed:
-                return
+                return None
             inst.incoming.append(event)
-            if inst.driving is None:
-                # Drive the instance from this task rather than spawning another one: the
-                # result is applied and committed without an extra trip through the loop.
-                inst.driving = asyncio.current_task()
-                await self._drive(inst)
-            else:
+            if inst.driving is not None:
                 ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 inst.acks.append(ack)
                 await ack
+                return None
+            # Drive the instance from this task rather than spawning another one: the
+            # result is applied and committed without an extra trip through the loop.
+            inst.driving = inst.adopter = asyncio.current_task()
+            try:
+                await self._drive(inst)
+            finally:
+                inst.adopter = None
+        cmd_next, inst.adopted = inst.adopted, None
+        if cmd_next is None or inst.closed or self._draining:
+            if cmd_next is not None and not inst.closed:
+                inst.activity_tasks.pop(cmd_next, None)  # shutting down: not started
+            return None
+        return cmd_next
 
     def _drop(self, inst: LiveInstance) -> None:
         if self.live.get(inst.id) is inst:
