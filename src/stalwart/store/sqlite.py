@@ -374,7 +374,9 @@ class SQLiteStore:
         terminal = op.status is not None
         new_len = op.expected_seq + len(op.events)
         row = None
-        if not terminal and not op.release:
+        # The first step (position 1: only WorkflowStarted recorded) moves the instance
+        # from pending to running, so it goes straight to the full form.
+        if not terminal and not op.release and op.expected_seq > 1:
             # Most steps change neither status nor owner. Naming those columns in SET makes
             # SQLite rewrite their index entries even when the value stays, and every page
             # so touched is one more WAL frame to fsync (5.3 frames per step instead of 2.3).
