@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from stalwart.runtime.committer import GroupCommitter
+from stalwart.runtime.committer import LEAD_AT, MAX_LEADING, GroupCommitter
 from stalwart.store.base import SendMessage, StoreCapabilities, WriteOp, WriteOutcome
 
 
@@ -20,9 +20,16 @@ class SlowStore:
         )
         self.batches: list[int] = []
         self.committed = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
 
     async def write(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
-        await asyncio.sleep(0.01)  # the fsync
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.01)  # the fsync
+        finally:
+            self.in_flight -= 1
         self.batches.append(len(ops))
         self.committed += len(ops)
         return [WriteOutcome(True, message_id=i) for i, _ in enumerate(ops)]
@@ -73,6 +80,45 @@ async def test_a_lone_write_commits_from_its_task_where_writes_run_side_by_side(
     assert store.batches[1] == 1  # the first of the burst went alone...
     assert len(store.batches) < 20  # ...the others shared transactions beside it
     assert all(after > before for before, after in seen)
+
+
+async def test_a_burst_is_sent_in_chunks_while_it_is_still_being_queued() -> None:
+    """With ``concurrent_writes``, once ``LEAD_AT`` operations are queued the submitter
+    sends them itself, so the database works on them while the rest of the burst is
+    prepared: several writes are in flight at once, none larger than a batch, and still
+    nobody resumes before its own write committed."""
+    store = SlowStore(concurrent_writes=True)
+    committer = GroupCommitter(store, max_batch=512)  # type: ignore[arg-type]
+    committer.start()
+    seen: list[tuple[int, int]] = []
+
+    async def writer(i: int) -> None:
+        before = store.committed
+        assert (await committer.submit(SendMessage(f"i{i}", "signal", "s"))).ok
+        seen.append((before, store.committed))
+
+    await asyncio.gather(*(writer(i) for i in range(400)))
+    await committer.close()
+    assert sum(store.batches) == 400
+    assert store.max_in_flight >= 3  # the lone write, and chunks sent mid-burst
+    assert store.max_in_flight <= 2 + MAX_LEADING  # lone write + commit task + leaders
+    assert max(store.batches) <= 512 and store.batches.count(LEAD_AT) >= 2
+    assert all(after > before for before, after in seen)
+
+
+async def test_a_leader_sends_at_most_a_batch_and_the_rest_still_commits() -> None:
+    store = SlowStore(concurrent_writes=True)
+    committer = GroupCommitter(store, max_batch=8)  # type: ignore[arg-type]
+    committer.start()
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            *(committer.submit(SendMessage(f"i{i}", "signal", "s")) for i in range(300))
+        ),
+        timeout=30,
+    )
+    await committer.close()
+    assert all(r.ok for r in results) and sum(store.batches) == 300
+    assert max(store.batches) <= 8
 
 
 async def test_a_failed_lone_write_reaches_its_waiter() -> None:

@@ -9,9 +9,13 @@ On a store whose writes wait on the network without holding the event loop and m
 side by side on separate connections (capability ``concurrent_writes``: PostgreSQL), a
 write submitted with nothing queued commits from the submitting task instead, one at a
 time: a sequential workflow then skips two event-loop turns per step, and whatever is
-submitted meanwhile queues and commits as a batch next to it. Not on SQLite: its lone
-commits run on the event loop, so every write of a burst would find the committer idle
-and commit alone.
+submitted meanwhile queues and commits as a batch next to it. And when a burst queues
+``LEAD_AT`` operations (a wave of workflows resumed by the last commit, all running in
+one event-loop turn), the submitter that reaches it sends them itself, so the database
+works on that part while the loop prepares the rest (up to ``MAX_LEADING`` such batches
+in flight). Not on SQLite: its lone commits run on the event loop, so every write of a
+burst would find the committer idle and commit alone, and its single writer connection
+could not take a second batch anyway.
 """
 
 from __future__ import annotations
@@ -24,6 +28,12 @@ from stalwart import faults
 from stalwart.store.base import Store, WriteOp, WriteOutcome
 
 logger = logging.getLogger("stalwart.runtime")
+
+
+LEAD_AT = 64
+"""Queued operations at which a submitter sends them itself (``concurrent_writes``)."""
+MAX_LEADING = 2
+"""Batches sent by submitters that may be in flight at once, besides the commit task's."""
 
 
 class GroupCommitter:
@@ -39,13 +49,14 @@ class GroupCommitter:
         self._committing = False
         self._direct = bool(store.capabilities.extra.get("concurrent_writes"))
         self._direct_busy = False
+        self._leading = 0
         self.batches = 0
         self.ops = 0
 
     @property
     def pending(self) -> bool:
         """Whether operations are queued or a batch is being committed."""
-        return bool(self._queue) or self._committing or self._direct_busy
+        return bool(self._queue) or self._committing or self._direct_busy or self._leading > 0
 
     def start(self) -> None:
         """Start the background commit task."""
@@ -66,7 +77,21 @@ class GroupCommitter:
             return await self._commit_direct(op)
         fut: asyncio.Future[WriteOutcome] = asyncio.get_running_loop().create_future()
         self._queue.append((op, fut))
-        self._wakeup.set()
+        if self._direct and len(self._queue) >= LEAD_AT and self._leading < MAX_LEADING:
+            # A burst (a wave of workflows resumed by the last commit) is still running
+            # on the loop: send what it queued so far now, from this task, so that the
+            # database works on it while the loop prepares the rest.
+            batch = self._queue[: self._max_batch]
+            del self._queue[: len(batch)]
+            if self._queue:  # longer than a batch: the rest is the commit task's
+                self._wakeup.set()
+            self._leading += 1
+            try:
+                await self._commit_batch(batch)
+            finally:
+                self._leading -= 1
+        else:
+            self._wakeup.set()
         return await fut
 
     async def _commit_direct(self, op: WriteOp) -> WriteOutcome:
@@ -109,19 +134,26 @@ class GroupCommitter:
             del self._queue[: len(batch)]
             self._committing = True
             try:
-                faults.point("commit.before")
-                outcomes = await self._store.write([op for op, _ in batch])
-                faults.point("commit.after")
-            except Exception as exc:  # noqa: BLE001 - every waiter receives the failure
-                logger.warning("group commit of %d operation(s) failed: %s", len(batch), exc)
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
+                await self._commit_batch(batch)
             finally:
                 self._committing = False
-            self.batches += 1
-            self.ops += len(batch)
-            for (_, fut), outcome in zip(batch, outcomes, strict=True):
+
+    async def _commit_batch(
+        self, batch: list[tuple[WriteOp, asyncio.Future[WriteOutcome]]]
+    ) -> None:
+        """Commit ``batch`` as one write and resolve each waiter with its own outcome."""
+        try:
+            faults.point("commit.before")
+            outcomes = await self._store.write([op for op, _ in batch])
+            faults.point("commit.after")
+        except Exception as exc:  # noqa: BLE001 - every waiter receives the failure
+            logger.warning("group commit of %d operation(s) failed: %s", len(batch), exc)
+            for _, fut in batch:
                 if not fut.done():
-                    fut.set_result(outcome)
+                    fut.set_exception(exc)
+            return
+        self.batches += 1
+        self.ops += len(batch)
+        for (_, fut), outcome in zip(batch, outcomes, strict=True):
+            if not fut.done():
+                fut.set_result(outcome)
