@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import time
 
+import psycopg
 import pytest
 
+from stalwart._engine.events import TimerStarted
 from stalwart.errors import StoreError
-from stalwart.store.base import SendMessage
+from stalwart.store.base import AppendEvents, SendMessage
 from stalwart.store.postgres import PostgresStore
 from tests.postgres._helpers import create_op, register, running
 from tests.postgres.conftest import StoreFactory
-from tests.postgres_support import terminate_backends
+from tests.postgres_support import admin_url, terminate_backends
 
 
 async def _warm(store: PostgresStore, connections: int = 4) -> None:
@@ -125,3 +127,35 @@ async def test_closed_store_refuses_operations(open_pg: StoreFactory) -> None:
     with pytest.raises(StoreError):
         await store.write([create_op("i1")])
     await running(await open_pg(), "i2")  # the schema itself is still usable
+
+
+async def test_the_held_step_connection_is_replaced_after_it_is_killed(
+    open_pg: StoreFactory, postgres_url: str
+) -> None:
+    """Lone steps run on a connection kept out of the pool. Killed, the step on it fails
+    with StoreError (it may or may not have committed: never replayed), and the next step
+    takes a fresh connection; with ``pool_size=1`` there is none to spare, and steps go
+    through the pool."""
+    store = await open_pg()
+    await running(store, "i1")
+    t = store.now()
+
+    def step(seq: int) -> AppendEvents:
+        return AppendEvents("i1", "w1", 1, seq, [(t, TimerStarted(cmd=seq, fire_at=t + 600))])
+
+    (out,) = await store.write([step(2)])
+    assert out.ok
+    held = store._step_conn
+    assert held is not None
+    with psycopg.connect(admin_url(), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (held.info.backend_pid,))
+    with pytest.raises(StoreError, match="PostgreSQL"):
+        await store.write([step(3)])
+    assert store._step_conn is None
+    (out,) = await store.write([step(3)])
+    assert out.ok and store._step_conn is not None and store._step_conn is not held
+
+    single = await open_pg(url=f"{postgres_url}&pool_size=1")
+    await running(single, "i2")
+    (out,) = await single.write([AppendEvents("i2", "w1", 1, 2, [])])
+    assert out.ok and single._step_conn is None
