@@ -43,7 +43,7 @@ from stalwart.errors import WorkflowNotRegisteredError as WorkflowNotRegisteredE
 from stalwart.errors import WorkflowTimeoutError as WorkflowTimeoutError
 from stalwart.queues import Queue as Queue
 from stalwart.retry import RetryPolicy as RetryPolicy
-from stalwart.runtime.worker import WorkerOptions as WorkerOptions
+from stalwart.runtime.options import WorkerOptions as WorkerOptions
 from stalwart.saga import SagaScope as SagaScope
 from stalwart.saga import Step as Step
 from stalwart.saga_class import Saga as Saga

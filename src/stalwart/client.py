@@ -54,7 +54,8 @@ from stalwart.retry import RetryPolicy
 from stalwart.runtime.clock import Clock, RealClock
 from stalwart.runtime.committer import GroupCommitter
 from stalwart.runtime.instance import build_instance
-from stalwart.runtime.worker import Ending, Worker, WorkerOptions, update_key
+from stalwart.runtime.options import WorkerOptions
+from stalwart.runtime.worker import Ending, Worker, update_key
 from stalwart.saga import ALERT_ACTIVITY
 from stalwart.steps import StepInfo, steps_from_history
 from stalwart.store import open_store

@@ -34,7 +34,7 @@ from stalwart.decorators import ActivityDefinition, WorkflowDefinition
 from stalwart.errors import ConfigurationError
 from stalwart.retry import as_seconds
 from stalwart.runtime.clock import Cancellable
-from stalwart.runtime.worker import WorkerOptions
+from stalwart.runtime.options import WorkerOptions
 
 DEFAULT_START = datetime(2030, 1, 1, tzinfo=UTC)
 """Where virtual time starts unless told otherwise."""
