@@ -87,6 +87,10 @@ FINISHED_STATUSES = frozenset(
 
 _local = threading.local()
 _path: str | None = None
+_exiting = threading.Lock()
+"""Held by an activity ending its own process: no other start is logged after its
+exit stamp (a sync activity's thread needs the GIL back to reach ``os._exit``, and
+meanwhile the loop may start another activity: that start would look like a ghost)."""
 
 
 # ----------------------------------------------------------------------------- writing
@@ -131,22 +135,31 @@ def _conn() -> sqlite3.Connection:
 def begin() -> int:
     """Log the start of the current activity attempt; return its row id."""
     ctx = activity_context()
-    cur = _conn().execute(
-        "INSERT INTO executions (instance, cmd, activity, attempt, pid, lease_epoch, "
-        "worker_id, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            ctx.instance_id,
-            ctx.cmd,
-            ctx.activity,
-            ctx.attempt,
-            os.getpid(),
-            ctx.lease_epoch,
-            ctx.worker_id,
-            time.time(),
-        ),
-    )
+    with _exiting:
+        cur = _conn().execute(
+            "INSERT INTO executions (instance, cmd, activity, attempt, pid, lease_epoch, "
+            "worker_id, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                ctx.instance_id,
+                ctx.cmd,
+                ctx.activity,
+                ctx.attempt,
+                os.getpid(),
+                ctx.lease_epoch,
+                ctx.worker_id,
+                time.time(),
+            ),
+        )
     assert cur.lastrowid is not None
     return cur.lastrowid
+
+
+def exit_process(row: int, status: int = 137) -> None:
+    """Stamp ``row`` as ending the process, then end it at once (like a crash); no
+    execution of this process is logged as started after the stamp."""
+    _exiting.acquire()  # never released: the process ends holding it
+    end(row, "exit")
+    os._exit(status)
 
 
 def end(row: int, outcome: str) -> None:
