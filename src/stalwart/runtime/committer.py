@@ -95,19 +95,13 @@ class GroupCommitter:
         return await fut
 
     async def _commit_direct(self, op: WriteOp) -> WriteOutcome:
+        fut: asyncio.Future[WriteOutcome] = asyncio.get_running_loop().create_future()
         self._direct_busy = True
         try:
-            faults.point("commit.before")
-            (outcome,) = await self._store.write([op])
-            faults.point("commit.after")
-        except Exception as exc:
-            logger.warning("commit of 1 operation failed: %s", exc)
-            raise
+            await self._commit_batch([(op, fut)])
         finally:
             self._direct_busy = False
-        self.batches += 1
-        self.ops += 1
-        return outcome
+        return fut.result()
 
     async def submit_many(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
         """Queue several operations (committed in the same or consecutive batches)."""

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -199,8 +199,15 @@ class PostgresStore:
                 logger.debug("clock offset refresh failed: %s", exc)
 
     # -- connections and errors --------------------------------------------------------
-    async def _run(self, fn: Callable[[Conn], Awaitable[T]], *, idempotent: bool = False) -> T:
-        """Run ``fn`` on a pooled connection, translating errors into StoreError.
+    async def _run(
+        self,
+        fn: Callable[[Conn], Awaitable[T]],
+        *,
+        idempotent: bool = False,
+        held: bool = False,
+    ) -> T:
+        """Run ``fn`` on a pooled connection (``held``: the one kept for lone steps),
+        translating errors into StoreError.
 
         A transaction aborted by a deadlock or serialization failure is retried (it
         changed nothing). A lost connection is retried once only when ``idempotent``:
@@ -213,7 +220,8 @@ class PostgresStore:
         while True:
             attempt += 1
             try:
-                async with pool.connection() as conn:
+                connection = self._held_connection(pool) if held else pool.connection()
+                async with connection as conn:
                     return await fn(conn)
             except (errors.DeadlockDetected, errors.SerializationFailure) as exc:
                 if attempt >= TXN_RETRIES:
@@ -234,38 +242,27 @@ class PostgresStore:
     async def _lone_step(self, step: Callable[[Conn], Awaitable[T]]) -> T:
         """Run one autocommit step on the held step connection (taken from the pool on
         first use); on the pool when it is in use, or the pool is too small to spare it."""
-        pool = self._pool
-        if self._step_busy or pool is None or self.config.pool_size < 2:
+        if self._step_busy or self.config.pool_size < 2:
             return await self._run(step)
         self._step_busy = True
         try:
-            conn = self._step_conn
-            if conn is None:
-                conn = self._step_conn = await pool.getconn()
-            try:
-                return await step(conn)
-            except (errors.DeadlockDetected, errors.SerializationFailure):
-                pass  # aborted, so it changed nothing: _run retries it with a backoff
-            except psycopg.OperationalError as exc:
-                # A lost connection: the pool discards it; the next step takes another.
-                self._step_conn = None
-                await pool.putconn(conn)
-                await self._check_pool()
-                raise StoreError(f"PostgreSQL error: {exc}") from exc
-            except psycopg.Error as exc:
-                raise StoreError(f"PostgreSQL error: {exc}") from exc
-            except asyncio.CancelledError:
-                # The statement may still be running: the pool closes such a connection.
-                self._step_conn = None
-                await pool.putconn(conn)
-                raise
-        except PoolClosed as exc:
-            raise StoreError("the PostgreSQL store is closed") from exc
-        except PoolTimeout as exc:
-            raise StoreError(f"no PostgreSQL connection available: {exc}") from exc
+            return await self._run(step, held=True)
         finally:
             self._step_busy = False
-        return await self._run(step)
+
+    @contextlib.asynccontextmanager
+    async def _held_connection(self, pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:
+        """The connection kept for lone steps; given back to the pool (which discards
+        it) when it was lost, or cancelled mid-statement."""
+        conn = self._step_conn
+        if conn is None:
+            conn = self._step_conn = await pool.getconn()
+        try:
+            yield conn
+        except (psycopg.OperationalError, asyncio.CancelledError):
+            self._step_conn = None
+            await pool.putconn(conn)
+            raise
 
     async def _check_pool(self) -> None:
         """Have the pool test its idle connections (after a restart, all are dead).
