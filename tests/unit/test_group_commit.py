@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from stalwart.errors import StoreError
 from stalwart.runtime.committer import LEAD_AT, MAX_LEADING, GroupCommitter
 from stalwart.store.base import SendMessage, StoreCapabilities, WriteOp, WriteOutcome
 
@@ -130,6 +131,75 @@ async def test_a_failed_lone_write_reaches_its_waiter() -> None:
         await committer.submit(SendMessage("x", "signal", "s"))
     assert not committer.pending
     await committer.close()
+
+
+class TaskRecordingStore(SlowStore):
+    """A store without ``concurrent_writes`` that notes which task called ``write``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writers: list[asyncio.Task[object] | None] = []
+
+    async def write(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
+        self.writers.append(asyncio.current_task())
+        return await super().write(ops)
+
+
+async def test_a_lone_write_with_nothing_else_ready_commits_from_its_task() -> None:
+    """Without ``concurrent_writes`` a write to an idle committer, with nothing else
+    ready to run, commits from the submitting task (no trip through the commit task)."""
+    store = TaskRecordingStore()
+    committer = GroupCommitter(store)  # type: ignore[arg-type]
+    committer.start()
+    await asyncio.sleep(0)  # the commit task is parked on its wake-up
+    submitter = asyncio.get_running_loop().create_task(
+        committer.submit(SendMessage("lone", "signal", "s"))
+    )
+    assert (await submitter).ok
+    assert store.writers == [submitter] and store.batches == [1]
+    assert not committer.pending
+    await committer.close()
+
+
+async def test_writes_ready_in_the_same_turn_join_the_leaders_batch() -> None:
+    """The leader lets the rest of the event-loop turn run first: a wave of writers
+    resumed together commits as one transaction, each resuming only after it."""
+    store = TaskRecordingStore()
+    committer = GroupCommitter(store, max_batch=512)  # type: ignore[arg-type]
+    committer.start()
+    seen: list[tuple[int, int]] = []
+
+    async def writer(i: int) -> None:
+        before = store.committed
+        assert (await committer.submit(SendMessage(f"i{i}", "signal", "s"))).ok
+        seen.append((before, store.committed))
+
+    await asyncio.gather(*(writer(i) for i in range(50)))
+    assert store.batches == [50]
+    assert store.writers[0] is not committer._task  # the first writer led
+    assert all(after > before for before, after in seen)
+    await committer.close()
+
+
+async def test_a_cancelled_leader_fails_the_writes_it_carried_and_others_go_on() -> None:
+    """Cancelling the task that commits for others must not strand them: they get a
+    StoreError (the write may or may not have landed) and later writes still commit."""
+    store = TaskRecordingStore()
+    committer = GroupCommitter(store)  # type: ignore[arg-type]
+    committer.start()
+    loop = asyncio.get_running_loop()
+    tasks = [
+        loop.create_task(committer.submit(SendMessage(f"i{i}", "signal", "s"))) for i in range(5)
+    ]
+    while not store.in_flight:
+        await asyncio.sleep(0)
+    assert store.writers == [tasks[0]]  # the first submitter leads the batch of five
+    tasks[0].cancel()
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=5)
+    assert isinstance(results[0], asyncio.CancelledError)
+    assert all(isinstance(r, StoreError) for r in results[1:]), results
+    assert (await asyncio.wait_for(committer.submit(SendMessage("later", "signal", "s")), 5)).ok
+    await asyncio.wait_for(committer.close(), timeout=5)
 
 
 class FailingStore:

@@ -16,6 +16,12 @@ works on that part while the loop prepares the rest (up to ``MAX_LEADING`` such 
 in flight). Not on SQLite: its lone commits run on the event loop, so every write of a
 burst would find the committer idle and commit alone, and its single writer connection
 could not take a second batch anyway.
+
+On the other stores a write submitted to an idle committer leads instead: it commits
+the queue from its own task, once everything else ready in this event-loop turn has
+queued behind it (exactly what the commit task would have found). When nothing else is
+ready, it commits at once: a sequential workflow then resumes without a trip through
+the event loop, and a burst still commits as one batch.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import logging
 from collections.abc import Sequence
 
 from stalwart import faults
+from stalwart.errors import StoreError
 from stalwart.store.base import Store, WriteOp, WriteOutcome
 
 logger = logging.getLogger("stalwart.runtime")
@@ -34,6 +41,16 @@ LEAD_AT = 64
 """Queued operations at which a submitter sends them itself (``concurrent_writes``)."""
 MAX_LEADING = 2
 """Batches sent by submitters that may be in flight at once, besides the commit task's."""
+
+
+def _others_ready() -> bool:
+    """Whether other callbacks wait to run in this event-loop turn (True when unknown).
+
+    Reads the ready queue of asyncio's own event loops (``_ready``, unchanged since
+    Python 3.4); on a loop without one, the leader always lets the turn finish first.
+    """
+    ready = getattr(asyncio.get_running_loop(), "_ready", None)
+    return ready is None or len(ready) > 0
 
 
 class GroupCommitter:
@@ -50,13 +67,20 @@ class GroupCommitter:
         self._direct = bool(store.capabilities.extra.get("concurrent_writes"))
         self._direct_busy = False
         self._leading = 0
+        self._solo = False
         self.batches = 0
         self.ops = 0
 
     @property
     def pending(self) -> bool:
         """Whether operations are queued or a batch is being committed."""
-        return bool(self._queue) or self._committing or self._direct_busy or self._leading > 0
+        return (
+            bool(self._queue)
+            or self._committing
+            or self._direct_busy
+            or self._leading > 0
+            or self._solo
+        )
 
     def start(self) -> None:
         """Start the background commit task."""
@@ -90,9 +114,32 @@ class GroupCommitter:
                 await self._commit_batch(batch)
             finally:
                 self._leading -= 1
-        else:
+        elif not self._direct and len(self._queue) == 1 and not self._committing and not self._solo:
+            try:
+                await self._lead()
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():
+                    fut.exception()  # told to the others; this task has its cancellation
+                else:
+                    fut.cancel()  # still queued: committed later, its outcome unwanted
+                raise
+        elif not self._solo:
             self._wakeup.set()
         return await fut
+
+    async def _lead(self) -> None:
+        """Commit the queue from this task, once the rest of this loop turn joined it."""
+        self._solo = True
+        try:
+            if _others_ready():
+                await asyncio.sleep(0)  # they run first, and queue behind this write
+            batch = self._queue[: self._max_batch]
+            del self._queue[: len(batch)]
+            await self._commit_batch(batch)
+        finally:
+            self._solo = False
+            if self._queue or self._closed:
+                self._wakeup.set()  # queued meanwhile (or closing): the commit task's turn
 
     async def _commit_direct(self, op: WriteOp) -> WriteOutcome:
         fut: asyncio.Future[WriteOutcome] = asyncio.get_running_loop().create_future()
@@ -118,8 +165,8 @@ class GroupCommitter:
 
     async def _run(self) -> None:
         while True:
-            if not self._queue:
-                if self._closed:
+            if not self._queue or self._solo:
+                if self._closed and not self._queue and not self._solo:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -140,6 +187,14 @@ class GroupCommitter:
             faults.point("commit.before")
             outcomes = await self._store.write([op for op, _ in batch])
             faults.point("commit.after")
+        except asyncio.CancelledError:
+            # The task committing for others was cancelled while the store worked: the
+            # write may or may not have landed, which is what a StoreError tells them.
+            interrupted = StoreError("the commit was interrupted; its outcome is unknown")
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(interrupted)
+            raise
         except Exception as exc:  # noqa: BLE001 - every waiter receives the failure
             logger.warning("group commit of %d operation(s) failed: %s", len(batch), exc)
             for _, fut in batch:
