@@ -6,8 +6,9 @@
 * One writer thread with its own connection executes write batches (group commit: one
   transaction, each operation a compare-and-set); a reader thread serves reads from the
   WAL snapshot without waiting for the writer.
-* Write transactions start with ``BEGIN IMMEDIATE`` and every connection has a busy
-  timeout, so several processes can share one file safely.
+* Write transactions start with ``BEGIN IMMEDIATE`` and wait for another process's
+  write lock in SQLite's busy handler (on the writer thread only; an inline commit on
+  the event loop hands over to it instead), so several processes share one file safely.
 """
 
 from __future__ import annotations
@@ -150,13 +151,18 @@ class SQLiteStore:
 
     async def close(self) -> None:
         """Close connections and stop the threads."""
-        for executor, attr in ((self._writer, "_wconn"), (self._reader, "_rconn")):
-            conn = getattr(self, attr)
-            if conn is not None:
-                await self._in(executor, conn.close)
-                setattr(self, attr, None)
+        if self._wconn is not None:
+            await self._in(self._writer, self._close_writer)
+        if self._rconn is not None:
+            await self._in(self._reader, self._rconn.close)
+            self._rconn = None
         self._writer.shutdown(wait=True)
         self._reader.shutdown(wait=True)
+
+    def _close_writer(self) -> None:
+        conn, self._wconn = self._wconn, None
+        if conn is not None:
+            conn.close()
 
     def _migrate(self) -> None:
         conn = self._w
@@ -208,7 +214,19 @@ class SQLiteStore:
 
     def _locked(self, fn: Callable[[], T]) -> T:
         with self._wlock:
-            return fn()
+            conn = self._wconn
+            if conn is None:
+                return fn()
+            # Only the writer thread may wait in SQLite's busy handler for another
+            # process's write lock: outside it, the writer connection's timeout is zero,
+            # so an inline commit on the event loop gives up at once instead (and needs
+            # no statement to switch the timeout off and on around each step).
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            try:
+                return fn()
+            finally:
+                if self._wconn is conn:  # not closed by fn
+                    conn.execute("PRAGMA busy_timeout = 0")
 
     # -- writes ------------------------------------------------------------------------
     async def write(self, ops: Sequence[WriteOp]) -> list[WriteOutcome]:
@@ -249,17 +267,14 @@ class SQLiteStore:
         write lock (the event loop must not sleep in SQLite's busy handler)."""
         conn = self._w
         if wait:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN IMMEDIATE")  # on the writer thread: see _locked
         else:
-            conn.execute("PRAGMA busy_timeout = 0")
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("BEGIN IMMEDIATE")  # busy timeout zero here: see _locked
             except sqlite3.OperationalError as exc:
                 if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
                     raise
                 return None
-            finally:
-                conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
         try:
             now = self._clock()
             outcomes = [self._apply(conn, op, now) for op in ops]
@@ -350,7 +365,28 @@ class SQLiteStore:
                 self._notify_parent(conn, op.parent_id, op.id, now, child_outcome(existing))
             return WriteOutcome(True, record=existing, created=False)
         self._insert_events(conn, op.id, op.run_id, 0, [(now, op.started), *op.prefix])
-        return WriteOutcome(True, record=self._get(conn, op.id), created=True)
+        # The row just inserted, built from the operation rather than read back.
+        record = InstanceRecord(
+            id=op.id,
+            name=op.name,
+            version=op.version,
+            status="pending",
+            run_id=op.run_id,
+            input=op.input,
+            output=None,
+            error=None,
+            created_at=now,
+            updated_at=now,
+            owner=op.owner,
+            epoch=op.epoch,
+            wake_at=None if op.owner else now,
+            history_len=1 + len(op.prefix),
+            parent_id=op.parent_id,
+            queue=op.queue,
+            priority=op.priority,
+            dedup_key=op.dedup_key,
+        )
+        return WriteOutcome(True, record=record, created=True)
 
     def _insert_events(
         self,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from stalwart._engine.events import (
@@ -101,6 +103,26 @@ class WritesContract:
         assert await store.get_instance("i1") == expected
         assert await store.load_history("i1", "run-i1") == [HistoryEvent(0, now, op.started)]
         assert await store.fetch_inbox("i1") == []
+
+    async def test_the_record_a_create_returns_is_the_stored_row(
+        self, store: Store, clock: FakeClock
+    ) -> None:
+        """Every field of the record a create returns (queue, priority, dedup key and a
+        forked history prefix included) is what a read of the new row returns."""
+        base = _create_op("i1", input=[{"n": [1, 2.5, None, "x"]}, True], owner="w1", epoch=3)
+        t0 = clock()
+        op = dataclasses.replace(
+            base,
+            parent_id="p-1",
+            queue="q",
+            priority=5,
+            dedup_key="order-7",
+            prefix=[(t0, ActivityCompleted(cmd=0, result=1))],
+        )
+        outcome = await _write1(store, op)
+        assert outcome.ok and outcome.created
+        assert outcome.record == await store.get_instance("i1")
+        assert outcome.record is not None and outcome.record.history_len == 2
 
     async def test_create_owned_instance(self, store: Store, clock: FakeClock) -> None:
         """An instance created owned keeps the owner and epoch given, and is not due."""
