@@ -159,3 +159,26 @@ async def test_the_held_step_connection_is_replaced_after_it_is_killed(
     await running(single, "i2")
     (out,) = await single.write([AppendEvents("i2", "w1", 1, 2, [])])
     assert out.ok and single._step_conn is None
+
+
+async def test_an_outage_seen_on_the_pool_also_retires_the_held_step_connection(
+    open_pg: StoreFactory, postgres_database: str
+) -> None:
+    """Every backend killed, the first failure on a pooled connection has the pool test
+    its connections, the held step connection included: the next lone step does not fail
+    a second time on it (each extra failure re-runs a step after an outage)."""
+    store = await open_pg()
+    await running(store, "i1")
+    t = store.now()
+    (out,) = await store.write(
+        [AppendEvents("i1", "w1", 1, 2, [(t, TimerStarted(cmd=2, fire_at=t + 600))])]
+    )
+    assert out.ok and store._step_conn is not None
+    await _warm(store)
+    assert terminate_backends(postgres_database) >= 2
+    rec = await store.get_instance("i1")  # a pooled read: fails once, checks, retries
+    assert rec is not None and rec.history_len == 3
+    (out,) = await store.write(
+        [AppendEvents("i1", "w1", 1, 3, [(t, TimerStarted(cmd=3, fire_at=t + 600))])]
+    )
+    assert out.ok

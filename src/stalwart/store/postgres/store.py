@@ -272,6 +272,12 @@ class PostgresStore:
         pool = self._pool
         if pool is None:
             return
+        held = self._step_conn
+        if held is not None and not self._step_busy:
+            # Kept out of the pool, the held step connection would escape the check and
+            # fail a second write after the same outage: hand it in to be tested too.
+            self._step_conn = None
+            await pool.putconn(held)
         if self._check_task is None or self._check_task.done():
             self._check_task = asyncio.get_running_loop().create_task(self._check(pool))
         with contextlib.suppress(TimeoutError):
