@@ -58,7 +58,8 @@ MAX_AMOUNT = 10_000
 N_KILLS = 5
 KILL_WINDOWS = ((0.04, 0.18), (0.22, 0.36), (0.40, 0.54), (0.58, 0.72), (0.76, 0.90))
 """Each kill happens once a random fraction (in its window) of the expected executions
-is recorded in the bank's audit trail, plus a random delay of up to 40 ms."""
+is recorded in the bank's audit trail, plus a random delay of up to 40 ms, and once a
+saga is in flight (running or compensating)."""
 CONCURRENCY = 8
 BATCH, BATCH_INTERVAL = 15, 0.1
 """The transfers are started 15 at a time every 0.1 s: a little faster than the worker
@@ -118,6 +119,10 @@ async def test_transfers_survive_five_sigkills_with_balances_conserved(tmp_path:
             await worker.wait_ready(client)
             placing = asyncio.create_task(place(client, transfers))
 
+            async def in_flight() -> bool:
+                page = await client.list(limit=10_000)
+                return any(d.status in ("running", "compensating") for d in page.items)
+
             for target, delay in zip(targets, delays, strict=True):
                 running = worker
 
@@ -126,6 +131,9 @@ async def test_transfers_survive_five_sigkills_with_balances_conserved(tmp_path:
 
                 await wait_until(reached, 60, f"{target} executions", check=running.check_alive)
                 await asyncio.sleep(delay)
+                # A worker that caught up with the stream is idle for a moment: wait for
+                # a saga in flight, so that every kill interrupts something.
+                await wait_until(in_flight, 60, "a saga in flight", check=running.check_alive)
                 running.check_alive()
                 kills.append(Kill(running.pid, await running.kill()))
                 worker = spawn()
