@@ -9,6 +9,10 @@
 -- migration 5: 0005_sagas.sql
 -- migration 6: 0006_queues.sql
 -- migration 7: 0007_recoveries.sql
+-- migration 8: 0008_events_in_commit_order.sql
+
+-- index events_run_seq (on events)
+CREATE UNIQUE INDEX events_run_seq ON events (run_id, seq);
 
 -- index inbox_instance (on inbox)
 CREATE INDEX inbox_instance ON inbox (instance_id, id);
@@ -55,15 +59,15 @@ CREATE INDEX tasks_running ON tasks (queue, owner) WHERE status = 'running';
 CREATE INDEX tasks_started ON tasks (queue, started_at);
 
 -- table events (on events)
-CREATE TABLE events (
+CREATE TABLE "events" (
+    id          INTEGER PRIMARY KEY,
     run_id      TEXT NOT NULL,
     seq         INTEGER NOT NULL,
     instance_id TEXT NOT NULL,
     type        TEXT NOT NULL,
     time        REAL NOT NULL,
-    data        TEXT NOT NULL,
-    PRIMARY KEY (run_id, seq)
-) WITHOUT ROWID;
+    data        TEXT NOT NULL
+);
 
 -- table inbox (on inbox)
 CREATE TABLE inbox (

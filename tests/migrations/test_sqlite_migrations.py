@@ -116,6 +116,82 @@ async def test_reopening_keeps_data(tmp_path: Path) -> None:
     assert _versions(path) == EXPECTED_VERSIONS
 
 
+async def test_history_survives_the_move_to_commit_order(tmp_path: Path) -> None:
+    """Migration 8 rebuilds the history table: every run's events, written at version 7,
+    read back the same afterwards, and (run_id, seq) is still unique."""
+    from stalwart._engine.events import ActivityCompleted, ActivityScheduled
+    from stalwart.store.base import AppendEvents, CreateInstance
+    from stalwart.store.sqlite import SQLiteStore, _split_sql
+
+    path = tmp_path / "stalwart.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(
+        "CREATE TABLE stalwart_schema_version "
+        "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+    )
+    for migration in MIGRATIONS:
+        if migration.version <= 7:
+            for statement in _split_sql(migration.sql):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO stalwart_schema_version VALUES (?, ?, 0)",
+                (migration.version, migration.name),
+            )
+    conn.close()
+    # Steps of three runs interleaved, written by a store that stops at version 7.
+    old = SQLiteStore(str(path))
+    old._migrate = lambda: None  # type: ignore[method-assign]
+    await old.open()
+    from stalwart._engine.events import WorkflowStarted
+
+    t = old.now()
+    for n in range(3):
+        started = WorkflowStarted(name="wf", version=1, input=[n], run_id=f"r{n}")
+        (out,) = await old.write(
+            [CreateInstance(f"i{n}", "wf", 1, f"r{n}", [n], started, owner="w", epoch=1)]
+        )
+        assert out.ok
+    for k in range(4):
+        ops = [
+            AppendEvents(
+                f"i{n}",
+                "w",
+                1,
+                1 + 2 * k,
+                [
+                    (t, ActivityScheduled(cmd=k, name="a", input=[k], options={})),
+                    (t, ActivityCompleted(cmd=k, result=n * 10 + k)),
+                ],
+            )
+            for n in range(3)
+        ]
+        assert all(o.ok for o in await old.write(ops))
+    before = {n: await old.load_history(f"i{n}", f"r{n}") for n in range(3)}
+    await old.close()
+    assert all(len(h) == 9 for h in before.values())
+
+    store = open_store(_url(path))
+    await store.open()
+    try:
+        for n in range(3):
+            assert await store.load_history(f"i{n}", f"r{n}") == before[n]
+        # A rowid table now (new rows append); the migrated rows keep their runs together.
+        order = _query(path, "SELECT run_id, seq FROM events ORDER BY id")
+        assert order == sorted(order) and len(order) == 27
+        with pytest.raises(sqlite3.IntegrityError):
+            conn = sqlite3.connect(path)
+            try:
+                conn.execute(
+                    "INSERT INTO events (run_id, seq, instance_id, type, time, data) "
+                    "VALUES ('r0', 3, 'i0', 'x', 0, '{}')"
+                )
+            finally:
+                conn.close()
+    finally:
+        await store.close()
+    assert _versions(path) == EXPECTED_VERSIONS
+
+
 _CHILD = textwrap.dedent(
     """
     import asyncio, os, sys, time
