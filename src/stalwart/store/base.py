@@ -508,3 +508,27 @@ class HeartbeatSession(Protocol):
     def close(self) -> None:
         """Close the session's connection."""
         ...
+
+
+def new_instance_record(op: CreateInstance, now: float) -> InstanceRecord:
+    """The record of the instance ``op`` creates at ``now`` (what a read of it returns)."""
+    return InstanceRecord(
+        id=op.id,
+        name=op.name,
+        version=op.version,
+        status="pending",
+        run_id=op.run_id,
+        input=op.input,
+        output=None,
+        error=None,
+        created_at=now,
+        updated_at=now,
+        owner=op.owner,
+        epoch=op.epoch,
+        wake_at=None if op.owner else now,
+        history_len=1 + len(op.prefix),
+        parent_id=op.parent_id,
+        queue=op.queue,
+        priority=op.priority,
+        dedup_key=op.dedup_key,
+    )

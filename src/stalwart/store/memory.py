@@ -41,6 +41,7 @@ from stalwart.store.base import (
     WriteOutcome,
     child_id_taken,
     child_outcome,
+    new_instance_record,
 )
 from stalwart.store.cursor import decode_cursor, encode_cursor
 
@@ -151,26 +152,7 @@ class MemoryStore:
                 # The same child, already ended: its outcome will not be sent again.
                 self._notify_parent(op.parent_id, op.id, now, child_outcome(existing.rec))
             return WriteOutcome(True, record=existing.rec, created=False)
-        rec = InstanceRecord(
-            id=op.id,
-            name=op.name,
-            version=op.version,
-            status="pending",
-            run_id=op.run_id,
-            input=op.input,
-            output=None,
-            error=None,
-            created_at=now,
-            updated_at=now,
-            owner=op.owner,
-            epoch=op.epoch,
-            wake_at=None if op.owner else now,
-            history_len=1 + len(op.prefix),
-            parent_id=op.parent_id,
-            queue=op.queue,
-            priority=op.priority,
-            dedup_key=op.dedup_key,
-        )
+        rec = new_instance_record(op, now)
         events = [HistoryEvent(0, now, op.started)]
         events += [HistoryEvent(i + 1, t, e) for i, (t, e) in enumerate(op.prefix)]
         self._instances[op.id] = _Instance(rec, {op.run_id: events})

@@ -58,9 +58,11 @@ from stalwart.store.base import (
     WriteOutcome,
     child_id_taken,
     child_outcome,
+    new_instance_record,
 )
 from stalwart.store.cursor import decode_cursor, encode_cursor
 from stalwart.store.migrations import load_migrations
+from stalwart.store.sqlite_heartbeat import SQLiteHeartbeat
 
 T = TypeVar("T")
 _ACTIVE = "('pending', 'running', 'compensating')"
@@ -366,27 +368,7 @@ class SQLiteStore:
             return WriteOutcome(True, record=existing, created=False)
         self._insert_events(conn, op.id, op.run_id, 0, [(now, op.started), *op.prefix])
         # The row just inserted, built from the operation rather than read back.
-        record = InstanceRecord(
-            id=op.id,
-            name=op.name,
-            version=op.version,
-            status="pending",
-            run_id=op.run_id,
-            input=op.input,
-            output=None,
-            error=None,
-            created_at=now,
-            updated_at=now,
-            owner=op.owner,
-            epoch=op.epoch,
-            wake_at=None if op.owner else now,
-            history_len=1 + len(op.prefix),
-            parent_id=op.parent_id,
-            queue=op.queue,
-            priority=op.priority,
-            dedup_key=op.dedup_key,
-        )
-        return WriteOutcome(True, record=record, created=True)
+        return WriteOutcome(True, record=new_instance_record(op, now), created=True)
 
     def _insert_events(
         self,
@@ -966,35 +948,7 @@ class SQLiteStore:
 
     def heartbeat_session(self) -> SQLiteHeartbeat:
         """A connection for renewing leases from a dedicated thread."""
-        return SQLiteHeartbeat(self)
-
-
-class SQLiteHeartbeat:
-    """Renews a worker's lease over its own connection (used from the heartbeat thread)."""
-
-    def __init__(self, store: SQLiteStore) -> None:
-        self._store = store
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    def renew(self, worker_id: str, ttl: float) -> bool:
-        """Extend the lease; False if the worker row is gone or already expired."""
-        with self._lock:
-            if self._conn is None:
-                self._conn = self._store.connect()
-            now = self._store.now()
-            cur = self._conn.execute(
-                "UPDATE workers SET expires_at = ? WHERE id = ? AND expires_at >= ?",
-                (now + ttl, worker_id, now),
-            )
-            return cur.rowcount == 1
-
-    def close(self) -> None:
-        """Close the connection."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        return SQLiteHeartbeat(self.connect, self.now)
 
 
 def json_path(key: str) -> str:
