@@ -53,6 +53,14 @@ def _others_ready() -> bool:
     return ready is None or len(ready) > 0
 
 
+def _abandon(fut: asyncio.Future[WriteOutcome]) -> None:
+    """The waiter's task was cancelled while committing: its own outcome is unwanted."""
+    if fut.done() and not fut.cancelled():
+        fut.exception()  # the StoreError told to the others: not an unretrieved error
+    else:
+        fut.cancel()  # still queued: committed later, nobody waits for it
+
+
 class GroupCommitter:
     """Batches writes from concurrent workflows into shared transactions."""
 
@@ -112,16 +120,16 @@ class GroupCommitter:
             self._leading += 1
             try:
                 await self._commit_batch(batch)
+            except asyncio.CancelledError:
+                _abandon(fut)
+                raise
             finally:
                 self._leading -= 1
         elif not self._direct and len(self._queue) == 1 and not self._committing and not self._solo:
             try:
                 await self._lead()
             except asyncio.CancelledError:
-                if fut.done() and not fut.cancelled():
-                    fut.exception()  # told to the others; this task has its cancellation
-                else:
-                    fut.cancel()  # still queued: committed later, its outcome unwanted
+                _abandon(fut)
                 raise
         elif not self._solo:
             self._wakeup.set()
@@ -146,6 +154,9 @@ class GroupCommitter:
         self._direct_busy = True
         try:
             await self._commit_batch([(op, fut)])
+        except asyncio.CancelledError:
+            _abandon(fut)
+            raise
         finally:
             self._direct_busy = False
         return fut.result()
