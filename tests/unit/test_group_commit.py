@@ -36,6 +36,22 @@ class SlowStore:
         return [WriteOutcome(True, message_id=i) for i, _ in enumerate(ops)]
 
 
+async def _concurrent_writers(
+    committer: GroupCommitter, store: SlowStore, n: int
+) -> list[tuple[int, int]]:
+    """``n`` writers submitting at once; for each, the store's committed count when it
+    submitted and when it resumed."""
+    seen: list[tuple[int, int]] = []
+
+    async def writer(i: int) -> None:
+        before = store.committed
+        assert (await committer.submit(SendMessage(f"i{i}", "signal", "s"))).ok
+        seen.append((before, store.committed))
+
+    await asyncio.gather(*(writer(i) for i in range(n)))
+    return seen
+
+
 async def test_concurrent_writes_are_batched_and_resume_after_commit() -> None:
     store = SlowStore()
     committer = GroupCommitter(store, max_batch=64)  # type: ignore[arg-type]
@@ -68,14 +84,7 @@ async def test_a_lone_write_commits_from_its_task_where_writes_run_side_by_side(
     assert outcome.ok and store.batches == [1] and committer.batches == 1
     assert not committer.pending
 
-    seen: list[tuple[int, int]] = []
-
-    async def writer(i: int) -> None:
-        before = store.committed
-        assert (await committer.submit(SendMessage(f"i{i}", "signal", "s"))).ok
-        seen.append((before, store.committed))
-
-    await asyncio.gather(*(writer(i) for i in range(200)))
+    seen = await _concurrent_writers(committer, store, 200)
     await committer.close()
     assert sum(store.batches) == 201
     assert store.batches[1] == 1  # the first of the burst went alone...
@@ -91,14 +100,7 @@ async def test_a_burst_is_sent_in_chunks_while_it_is_still_being_queued() -> Non
     store = SlowStore(concurrent_writes=True)
     committer = GroupCommitter(store, max_batch=512)  # type: ignore[arg-type]
     committer.start()
-    seen: list[tuple[int, int]] = []
-
-    async def writer(i: int) -> None:
-        before = store.committed
-        assert (await committer.submit(SendMessage(f"i{i}", "signal", "s"))).ok
-        seen.append((before, store.committed))
-
-    await asyncio.gather(*(writer(i) for i in range(400)))
+    seen = await _concurrent_writers(committer, store, 400)
     await committer.close()
     assert sum(store.batches) == 400
     assert store.max_in_flight >= 3  # the lone write, and chunks sent mid-burst
@@ -167,14 +169,7 @@ async def test_writes_ready_in_the_same_turn_join_the_leaders_batch() -> None:
     store = TaskRecordingStore()
     committer = GroupCommitter(store, max_batch=512)  # type: ignore[arg-type]
     committer.start()
-    seen: list[tuple[int, int]] = []
-
-    async def writer(i: int) -> None:
-        before = store.committed
-        assert (await committer.submit(SendMessage(f"i{i}", "signal", "s"))).ok
-        seen.append((before, store.committed))
-
-    await asyncio.gather(*(writer(i) for i in range(50)))
+    seen = await _concurrent_writers(committer, store, 50)
     assert store.batches == [50]
     assert store.writers[0] is not committer._task  # the first writer led
     assert all(after > before for before, after in seen)
