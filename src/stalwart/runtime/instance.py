@@ -45,14 +45,17 @@ class LiveInstance:
 
     def next_wake(self) -> float | None:
         """When the instance next needs attention by itself (timer, retry or deadline)."""
-        times = [t.fire_at for t in self.run.timers.values()]
-        times += [a.retry_at for a in self.run.activities.values() if a.retry_at is not None]
-        if self.deadline is not None and self.run.outcome is None:
+        run = self.run
+        times = [t.fire_at for t in run.timers.values()] if run.timers else []
+        times += [a.retry_at for a in run.activities.values() if a.retry_at is not None]
+        if self.deadline is not None and run.outcome is None:
             times.append(self.deadline)
         return min(times) if times else None
 
     def due_timer_events(self, now: float) -> list[ev.Event]:
         """TimerFired events for every timer due at ``now``, in firing order."""
+        if not self.run.timers:
+            return []  # the common case, once per step
         due = sorted(
             (t for t in self.run.timers.values() if t.fire_at <= now),
             key=lambda t: (t.fire_at, t.cmd),

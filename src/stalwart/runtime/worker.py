@@ -469,10 +469,14 @@ class Worker:
         return task
 
     async def _drive(self, inst: LiveInstance) -> None:
+        # Whether the last successful commit dispatched the instance with nothing awaited
+        # since: then the dispatch below would only repeat it (once per step otherwise).
+        dispatched = False
         try:
             while not inst.closed:
                 if inst.inbox_dirty:
                     inst.inbox_dirty = False
+                    dispatched = False  # a wake-up timer may fire during the read
                     for msg in await self.store.fetch_inbox(inst.id, inst.inbox_cursor):
                         inst.inbox_cursor = msg.id
                         inst.incoming.append(inbox_event(msg))
@@ -483,8 +487,9 @@ class Worker:
                         # A suspect that settled (waiting for a timer, a signal...) without
                         # killing this worker: an empty step clears its recoveries.
                         self._isolating = None
-                        await self._commit(inst, [], self.clock.now())
+                        dispatched = await self._commit(inst, [], self.clock.now())
                     break
+                dispatched = True  # _step is true only after _commit dispatched
         except StoreError as exc:
             # The write may or may not have landed: rebuild the instance from the store.
             self._store_failed(exc)
@@ -496,7 +501,7 @@ class Worker:
             self._spawn(self._park(inst.id, inst.epoch, exc))
         finally:
             inst.driving = None
-        if not inst.closed:
+        if not inst.closed and not dispatched:
             self._dispatch(inst)
 
     async def _step(self, inst: LiveInstance) -> bool:
@@ -563,13 +568,16 @@ class Worker:
         inst.run.mark_committed(len(new))
         if op.search_attributes is not None:
             inst.saved_search = dict(op.search_attributes)
+        children = False
         for event in new:
             if isinstance(event, ev.UpdateCompleted | ev.UpdateRejected):
                 self._on_closed(update_key(event.update_id), None)
+            elif isinstance(event, ev.ChildWorkflowStarted):
+                children = True
         self._warn_long_history(inst)
-        if any(isinstance(e, ev.ChildWorkflowStarted) for e in new):
+        if children:
             self.kick()  # the children are unowned and due now: claim them here
-        if any(isinstance(e, EnqueueTask) for e in op.effects):
+        if op.effects and any(isinstance(e, EnqueueTask) for e in op.effects):
             self.tasks.kick()
         outcome = inst.run.outcome
         if outcome is not None and op.new_run is not None:
@@ -820,15 +828,18 @@ class Worker:
         if inst.closed or inst.unsaved:
             return
         run = inst.run
-        for cmd in [c for c in inst.activity_tasks if c not in run.activities]:
-            task = inst.activity_tasks.pop(cmd)  # abandoned by the workflow
-            if cmd == inst.adopted:
-                inst.adopted = None  # set aside by the task driving now: never started
-            else:
-                task.cancel()
-        now = self.clock.now()
-        adopter = inst.adopter if inst.adopter is asyncio.current_task() else None
-        if not self._draining:
+        if inst.activity_tasks:
+            for cmd in [c for c in inst.activity_tasks if c not in run.activities]:
+                task = inst.activity_tasks.pop(cmd)  # abandoned by the workflow
+                if cmd == inst.adopted:
+                    inst.adopted = None  # set aside by the task driving now: never started
+                else:
+                    task.cancel()
+        if not self._draining and run.activities:
+            now = self.clock.now()
+            adopter = inst.adopter
+            if adopter is not None and adopter is not asyncio.current_task():
+                adopter = None
             for cmd, act in run.activities.items():
                 if cmd in inst.activity_tasks or cmd in inst.retry_handles:
                     continue
@@ -848,11 +859,12 @@ class Worker:
         if inst.wake_handle is not None:
             inst.wake_handle.cancel()
             inst.wake_handle = None
+        if not run.timers and inst.deadline is None:
+            return  # nothing to wake up for (most steps)
         timer_times = [t.fire_at for t in run.timers.values()]
         if inst.deadline is not None:
             timer_times.append(inst.deadline)
-        if timer_times:
-            inst.wake_handle = self.clock.call_at(min(timer_times), lambda: self._kick(inst))
+        inst.wake_handle = self.clock.call_at(min(timer_times), lambda: self._kick(inst))
 
     def _retry_due(self, inst: LiveInstance, cmd: int) -> None:
         inst.retry_handles.pop(cmd, None)
