@@ -4,25 +4,28 @@ PL/pgSQL caches a generic plan per session; planned while the instances table is
 and without statistics, ``stalwart_append``'s compare-and-set once tied between the
 primary key and the owner index, and every step then walked all the instances its worker
 owned (a fan-out of 4,000 workflows slowed to a crawl). auto_explain, at notice level,
-shows the plans the function's statements actually ran with.
+shows the plans the function's statements actually ran with; the same holds for the
+prepared one-statement plain step (its generic plan, forced).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from psycopg import sql
 
 from stalwart.codec import JsonCodec
 from stalwart.store.base import AppendEvents
-from stalwart.store.postgres.pipelined import APPEND_SQL, append_params
+from stalwart.store.postgres.pipelined import APPEND_SQL, STEP_SQL, append_params, step_params
 from tests.postgres._helpers import create_op, raw_connection, register
 from tests.postgres.conftest import StoreFactory
 from tests.postgres_support import database_dsn
 
 
+@pytest.mark.parametrize("statement", ["function", "plain step"])
 async def test_append_looks_its_instance_up_by_primary_key(
-    open_pg: StoreFactory, postgres_database: str
+    open_pg: StoreFactory, postgres_database: str, statement: str
 ) -> None:
     store = await open_pg()
     await register(store, "w1")
@@ -41,13 +44,19 @@ async def test_append_looks_its_instance_up_by_primary_key(
             "SET auto_explain.log_nested_statements = on",
             "SET auto_explain.log_level = notice",
             "SET client_min_messages = notice",
+            # The prepared plain-step statement: its generic plan from the first call.
+            "SET plan_cache_mode = force_generic_plan",
         ):
             await conn.execute(setting)
         # More calls than PL/pgSQL's five custom plans, so the cached generic plan runs too.
         for n in range(12):
             op = AppendEvents(f"i{n}", "w1", 1, 1, [])
-            params: tuple[Any, ...] = append_params(op, JsonCodec(), None, "c", "q")
-            cur = await conn.execute(APPEND_SQL, params)
+            if statement == "function":
+                params: Any = append_params(op, JsonCodec(), None, "c", "q")
+                cur = await conn.execute(APPEND_SQL, params)
+            else:
+                params = step_params(op, JsonCodec(), None)
+                cur = await conn.execute(STEP_SQL, params, prepare=True)
             assert await cur.fetchone() == (True, True, None)
     updates = [p for p in plans if "Update on instances" in p]
     assert len(updates) >= 12, plans

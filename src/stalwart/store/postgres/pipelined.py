@@ -136,6 +136,92 @@ def append_batch_params(
     )
 
 
+# A plain step (not terminal, not releasing, no inbox acknowledgement, not parked): what
+# stalwart_append does for it, as one SQL statement. PL/pgSQL runs each of its statements
+# through SPI with its own executor start-up; the data-modifying CTE below does the same
+# compare-and-set and history insert in one executor run, 40-50 µs less per step on the
+# server (measured against the function on a 2-vCPU VM, where that is a sixth of a step).
+# A refusal returns one row as the function does: ``found`` tells conflict from not_found.
+STEP_SQL = """\
+WITH c AS (SELECT COALESCE(%(now)s::float8, extract(epoch FROM now())::float8) AS now),
+u AS (
+    UPDATE instances AS i SET
+        status = COALESCE(%(active)s::text,
+                          CASE WHEN i.status = 'pending' THEN 'running' ELSE i.status END),
+        needs_intervention = false,
+        updated_at = c.now,
+        wake_at = CASE WHEN EXISTS (SELECT 1 FROM inbox WHERE instance_id = %(id)s)
+                       THEN c.now ELSE %(wake)s::float8 END,
+        history_len = %(len)s,
+        current_step = %(step)s,
+        search_attributes = COALESCE(%(attrs)s::jsonb, i.search_attributes),
+        recoveries = 0
+    FROM c
+    WHERE i.id = %(id)s
+      -- fenced by IS TRUE so that only the primary key is indexable (see migration 0005)
+      AND (i.owner = %(owner)s AND i.epoch = %(epoch)s AND i.history_len = %(seq)s
+           AND i.status IN ('pending', 'running', 'compensating')) IS TRUE
+    RETURNING i.run_id, i.wake_at
+),
+ev AS (
+    INSERT INTO events (run_id, seq, instance_id, type, time, data)
+    SELECT u.run_id, %(seq)s + (e.n - 1)::integer, %(id)s, e.k, e.t, e.d
+    FROM u, unnest(%(kinds)b::text[], %(times)b::float8[], %(data)b::text[])
+            WITH ORDINALITY AS e(k, t, d, n)
+)
+SELECT true, true, u.wake_at FROM u
+UNION ALL
+SELECT false, EXISTS (SELECT 1 FROM instances WHERE id = %(id)s), NULL::float8
+WHERE NOT EXISTS (SELECT 1 FROM u)"""
+"""A plain step in one statement; its parameters come from :func:`step_params`."""
+
+
+def plain_step(op: WriteOp) -> TypeGuard[AppendEvents]:
+    """Whether ``op`` commits through :data:`STEP_SQL` (a step with nothing but its own
+    compare-and-set, wake time and history rows: no ending, no release, no inbox
+    acknowledgement, no effects on other instances, no continue-as-new)."""
+    return (
+        one_statement(op)
+        and op.status is None
+        and not op.release
+        and not op.inbox_upto
+        and not op.needs_intervention
+    )
+
+
+def step_params(op: AppendEvents, codec: Codec, now: float | None) -> dict[str, Any]:
+    """The parameters of :data:`STEP_SQL` for ``op`` (``now``: None for the database's)."""
+    dumps = codec.dumps
+    return {
+        "now": now,
+        "active": op.active_status,
+        "id": op.instance_id,
+        "wake": op.wake_at,
+        "len": op.expected_seq + len(op.events),
+        "step": op.current_step,
+        "attrs": Jsonb(op.search_attributes) if op.search_attributes is not None else None,
+        "owner": op.owner,
+        "epoch": op.epoch,
+        "seq": op.expected_seq,
+        "kinds": TextArray([e.kind for _, e in op.events]),
+        "times": Float8Array([float(t) for t, _ in op.events]),
+        "data": TextArray([dumps(e.to_data()) for _, e in op.events]),
+    }
+
+
+def lone_step_call(
+    op: AppendEvents,
+    codec: Codec,
+    now: float | None,
+    channel: str,
+    queue_channel: str,
+) -> tuple[str, tuple[Any, ...] | dict[str, Any]]:
+    """The statement and parameters that commit the one-statement step ``op``."""
+    if plain_step(op):
+        return STEP_SQL, step_params(op, codec, now)
+    return APPEND_SQL, append_params(op, codec, now, channel, queue_channel)
+
+
 def append_outcome(row: tuple[Any, ...] | None) -> WriteOutcome:
     """The outcome of one call from its result row."""
     assert row is not None, "stalwart_append returns one row"

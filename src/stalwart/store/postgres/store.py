@@ -48,9 +48,8 @@ from stalwart.store.postgres.heartbeat import PostgresHeartbeat
 from stalwart.store.postgres.listener import WakeListener
 from stalwart.store.postgres.migrate import migrate
 from stalwart.store.postgres.pipelined import (
-    APPEND_SQL,
     append_outcome,
-    append_params,
+    lone_step_call,
     one_statement,
 )
 from stalwart.store.postgres.writes import Batch
@@ -303,12 +302,12 @@ class PostgresStore:
 
         if len(ops) == 1 and one_statement(ops[0]):
             # A lone step: one autocommit statement is its whole transaction.
-            params = append_params(
+            query, params = lone_step_call(
                 ops[0], self._codec, self._now_param(), self.channel, self.config.queue_channel
             )
 
             async def step(conn: Conn) -> list[WriteOutcome]:
-                cur = await conn.execute(APPEND_SQL, params, prepare=True)
+                cur = await conn.execute(query, params, prepare=True)
                 return [append_outcome(await cur.fetchone())]
 
             return await self._lone_step(step)

@@ -53,14 +53,13 @@ from stalwart.store.postgres import queues
 from stalwart.store.postgres._common import ACTIVE, INSTANCE_COLS, TERMINAL, decode_instance
 from stalwart.store.postgres.pipelined import (
     APPEND_BATCH_SQL,
-    APPEND_SQL,
     CREATE_SQL,
     INSERT_INSTANCE,
     append_batch_params,
     append_outcome,
-    append_params,
     create_params,
     instance_params,
+    lone_step_call,
     one_statement,
     one_statement_create,
 )
@@ -111,10 +110,10 @@ class Batch:
         self, steps: Sequence[AppendEvents], starts: Sequence[CreateInstance]
     ) -> list[WriteOutcome]:
         if len(steps) == 1:
-            call = append_params(
+            query, call = lone_step_call(
                 steps[0], self._codec, self._now, self._channel, self._queue_channel
             )
-            return [append_outcome(row) for row in await self._pipelined(APPEND_SQL, [call])]
+            return [append_outcome(row) for row in await self._pipelined(query, [call])]
         if steps:
             batch = append_batch_params(
                 steps, self._codec, self._now, self._channel, self._queue_channel
@@ -139,7 +138,7 @@ class Batch:
         return []
 
     async def _pipelined(
-        self, query: str, params: Sequence[tuple[Any, ...]]
+        self, query: str, params: Sequence[tuple[Any, ...] | dict[str, Any]]
     ) -> list[tuple[Any, ...] | None]:
         """One statement per parameter set, sent in one pipeline; each one's first row."""
         cur = self._cur
