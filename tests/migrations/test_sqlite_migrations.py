@@ -256,7 +256,8 @@ def test_concurrent_first_open_migrates_once(tmp_path: Path, processes: int) -> 
         for _, _, proc in children:
             if proc.poll() is None:
                 proc.kill()
-                proc.communicate()
+            with proc:  # closes its pipes (also after a failed assertion) and reaps it
+                pass
     reference = tmp_path / "reference.db"
     _migrate_sync(reference)
     for path in files:

@@ -133,7 +133,7 @@ class SQLiteStore:
             self.path, isolation_level=None, check_same_thread=False, timeout=self._busy_ms / 1000
         )
         conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        _enable_wal(conn, self._busy_ms / 1000)
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         conn.execute("PRAGMA foreign_keys = OFF")
         return conn
@@ -949,6 +949,28 @@ class SQLiteStore:
     def heartbeat_session(self) -> SQLiteHeartbeat:
         """A connection for renewing leases from a dedicated thread."""
         return SQLiteHeartbeat(self.connect, self.now)
+
+
+def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Switch ``conn``'s database to WAL, retrying while another connection holds it.
+
+    On a new file, processes that open it at once all switch its journal mode; each takes
+    a shared lock and asks for the exclusive one, and SQLite answers ``database is
+    locked`` at once to all but one of them, without calling the busy handler (waiting
+    could deadlock). Once the file is in WAL mode the statement changes nothing.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 def json_path(key: str) -> str:
