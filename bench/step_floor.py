@@ -117,6 +117,21 @@ def store_steps(store: SQLiteStore, seq: int) -> tuple[float, float, float, int]
     return elapsed / COMMITS * 1e6, cpu / COMMITS * 1e6, frames, seq
 
 
+def _medians(
+    raw_us: list[float], raw_cpu: list[float], step_us: list[float], step_cpu: list[float]
+) -> dict[str, float]:
+    """Medians of the rounds, and the store step's rate as a share of the raw one."""
+    raw = statistics.median(raw_us)
+    step = statistics.median(step_us)
+    return {
+        "raw_us": raw,
+        "step_us": step,
+        "raw_cpu": statistics.median(raw_cpu),
+        "step_cpu": statistics.median(step_cpu),
+        "share": raw / step,
+    }
+
+
 def measure(workdir: str, synchronous: str) -> dict[str, Any]:
     """Alternate raw commits and store steps for ``ROUNDS`` rounds; medians."""
     raw_path = os.path.join(workdir, f"raw-{synchronous}.db")
@@ -140,14 +155,8 @@ def measure(workdir: str, synchronous: str) -> dict[str, Any]:
             step_cpu.append(cpu)
     finally:
         asyncio.run(store.close())
-    raw = statistics.median(raw_us)
-    step = statistics.median(step_us)
     return {
-        "raw_us": raw,
-        "step_us": step,
-        "raw_cpu": statistics.median(raw_cpu),
-        "step_cpu": statistics.median(step_cpu),
-        "share": raw / step,
+        **_medians(raw_us, raw_cpu, step_us, step_cpu),
         "raw_frames": raw_frames,
         "step_frames": step_frames,
     }
@@ -218,15 +227,7 @@ def measure_pg(server_url: str) -> dict[str, Any]:
             seq = asyncio.run(steps(seq))
     finally:
         pg.drop_database(server_url, dbname)
-    raw = statistics.median(raw_us)
-    step = statistics.median(step_us)
-    return {
-        "raw_us": raw,
-        "step_us": step,
-        "raw_cpu": statistics.median(raw_cpu),
-        "step_cpu": statistics.median(step_cpu),
-        "share": raw / step,
-    }
+    return _medians(raw_us, raw_cpu, step_us, step_cpu)
 
 
 def main(argv: list[str] | None = None) -> None:

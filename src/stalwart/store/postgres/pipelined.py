@@ -22,6 +22,7 @@ from typing import Any, TypeGuard
 
 from psycopg.types.json import Jsonb
 
+from stalwart._engine.events import Event
 from stalwart.codec import Codec
 from stalwart.store.base import AppendEvents, CreateInstance, WriteOp, WriteOutcome
 from stalwart.store.postgres._common import INSTANCE_COLS
@@ -35,6 +36,19 @@ APPEND_SQL = (
     + ")"
 )
 """The call; its parameters come from :func:`append_params`."""
+
+
+def event_arrays(
+    events: Sequence[tuple[float, Event]], codec: Codec
+) -> tuple[TextArray, Float8Array, TextArray]:
+    """The kinds, times and JSON data of ``events``: the three arrays the statements unnest
+    into history rows."""
+    dumps = codec.dumps
+    return (
+        TextArray([e.kind for _, e in events]),
+        Float8Array([float(t) for t, _ in events]),
+        TextArray([dumps(e.to_data()) for _, e in events]),
+    )
 
 
 def one_statement(op: WriteOp) -> TypeGuard[AppendEvents]:
@@ -73,9 +87,7 @@ def append_params(
         op.current_step,
         Jsonb(op.search_attributes) if op.search_attributes is not None else None,
         now,
-        TextArray([e.kind for _, e in op.events]),
-        Float8Array([float(t) for t, _ in op.events]),
-        TextArray([dumps(e.to_data()) for _, e in op.events]),
+        *event_arrays(op.events, codec),
         child_payload,
         channel,
         queue_channel,
@@ -191,7 +203,7 @@ def plain_step(op: WriteOp) -> TypeGuard[AppendEvents]:
 
 def step_params(op: AppendEvents, codec: Codec, now: float | None) -> dict[str, Any]:
     """The parameters of :data:`STEP_SQL` for ``op`` (``now``: None for the database's)."""
-    dumps = codec.dumps
+    kinds, times, data = event_arrays(op.events, codec)
     return {
         "now": now,
         "active": op.active_status,
@@ -203,9 +215,9 @@ def step_params(op: AppendEvents, codec: Codec, now: float | None) -> dict[str, 
         "owner": op.owner,
         "epoch": op.epoch,
         "seq": op.expected_seq,
-        "kinds": TextArray([e.kind for _, e in op.events]),
-        "times": Float8Array([float(t) for t, _ in op.events]),
-        "data": TextArray([dumps(e.to_data()) for _, e in op.events]),
+        "kinds": kinds,
+        "times": times,
+        "data": data,
     }
 
 
@@ -280,7 +292,5 @@ def create_params(op: CreateInstance, codec: Codec, now: float) -> tuple[Any, ..
     events = [(now, op.started), *op.prefix]
     return (
         *instance_params(op, codec, now),
-        TextArray([e.kind for _, e in events]),
-        Float8Array([float(t) for t, _ in events]),
-        TextArray([codec.dumps(e.to_data()) for _, e in events]),
+        *event_arrays(events, codec),
     )
