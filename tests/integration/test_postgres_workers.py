@@ -337,9 +337,14 @@ async def test_three_workers_share_one_postgres_database_through_kills_and_disco
                         disconnects.append(Disconnect(at=at, terminated=terminated))
                         continue
                     chosen = [victim_slot]
+                    snapshot: list[set[str]] = []
+                    jitter = rng.uniform(0.0, 0.03)
 
                     async def victim_busy(
-                        preferred: int = victim_slot, chosen: list[int] = chosen
+                        preferred: int = victim_slot,
+                        chosen: list[int] = chosen,
+                        snapshot: list[set[str]] = snapshot,
+                        jitter: float = jitter,
                     ) -> bool:
                         # The victim runs a queued step and owns running workflows: the
                         # drawn slot's worker if it is busy, else any busy one (after a
@@ -348,21 +353,30 @@ async def test_three_workers_share_one_postgres_database_through_kills_and_disco
                         items = (await engine.list(status="running", limit=10_000)).items
                         owners = {d.owner for d in items}
                         slots = [preferred] + [s for s in range(WORKER_COUNT) if s != preferred]
-                        for slot in slots:
-                            worker = current[slot]
-                            if running.get(worker.pid) and worker.worker_id in owners:
-                                chosen[0] = slot
-                                return True
-                        return False
+                        busy = [
+                            s
+                            for s in slots
+                            if running.get(current[s].pid) and current[s].worker_id in owners
+                        ]
+                        if not busy:
+                            return False
+                        # The workflows it owned may all finish during the jitter: the
+                        # snapshot taken just before the kill must still show some.
+                        await asyncio.sleep(jitter)
+                        items = (await engine.list(status="running", limit=10_000)).items
+                        mine = {d.id for d in items if d.owner == current[busy[0]].worker_id}
+                        if not mine:
+                            return False
+                        chosen[0] = busy[0]
+                        snapshot[:] = [mine]
+                        return True
 
                     await wait_until(
                         tolerant(victim_busy), 30, "a worker to be busy", check=all_alive
                     )
                     victim_slot = chosen[0]
                     victim = current[victim_slot]
-                    await asyncio.sleep(rng.uniform(0.0, 0.03))
-                    items = (await engine.list(status="running", limit=10_000)).items
-                    owned_at_kill.append({d.id for d in items if d.owner == victim.worker_id})
+                    owned_at_kill.append(snapshot[0])
                     the_kill = await kill(engine, victim)
                     kills.append(the_kill)
                     assert victim.worker_id is not None
@@ -501,11 +515,17 @@ async def test_three_workers_share_one_postgres_database_through_kills_and_disco
         assert owned, f"the victim owned no running workflow at kill {n}"
         assert k.pid in detected, f"no worker noticed that pid {k.pid} died"
         # Times from the SIGKILL: its work can be taken over as soon as the process died.
-        lost = {r.pair for r in runs if r.pid == k.pid and r.pair in multiple}
+        # Only runs after the victim's: a pair may also have run elsewhere before it (a
+        # write cut by the disconnect), which is no takeover.
+        lost = {r.pair: r.started_at for r in runs if r.pid == k.pid and r.pair in multiple}
         redo = sorted(
-            min(r.started_at for r in runs if r.pair == pair and r.pid != k.pid) - k.signalled_at
-            for pair in lost
-            if any(r.pair == pair and r.pid != k.pid for r in runs)
+            min(r.started_at for r in later) - k.signalled_at
+            for pair, began in lost.items()
+            if (
+                later := [
+                    r for r in runs if r.pair == pair and r.pid != k.pid and r.started_at > began
+                ]
+            )
         )
         assert takeover < LEASE, f"kill {n}: workflows taken over after {takeover:.2f}s"
         # A lost queued step may also wait for a free slot of the queue.
