@@ -353,21 +353,24 @@ async def test_three_workers_share_one_postgres_database_through_kills_and_disco
                         items = (await engine.list(status="running", limit=10_000)).items
                         owners = {d.owner for d in items}
                         slots = [preferred] + [s for s in range(WORKER_COUNT) if s != preferred]
-                        busy = [
-                            s
-                            for s in slots
-                            if running.get(current[s].pid) and current[s].worker_id in owners
-                        ]
-                        if not busy:
+                        busy = next(
+                            (
+                                s
+                                for s in slots
+                                if running.get(current[s].pid) and current[s].worker_id in owners
+                            ),
+                            None,
+                        )
+                        if busy is None:
                             return False
                         # The workflows it owned may all finish during the jitter: the
                         # snapshot taken just before the kill must still show some.
                         await asyncio.sleep(jitter)
                         items = (await engine.list(status="running", limit=10_000)).items
-                        mine = {d.id for d in items if d.owner == current[busy[0]].worker_id}
+                        mine = {d.id for d in items if d.owner == current[busy].worker_id}
                         if not mine:
                             return False
-                        chosen[0] = busy[0]
+                        chosen[0] = busy
                         snapshot[:] = [mine]
                         return True
 
