@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from stalwart import Engine
+from stalwart.store.base import ListFilter
 from tests.chaos import oracle, report
 from tests.chaos import scenarios_app as app
 
@@ -53,7 +54,8 @@ async def test_a_successor_with_the_same_name_recovers_its_predecessors_work(
     oracle.init(log)
     workers: list[AppWorker] = []
     kills: list[Kill] = []
-    owned_at_kill: list[set[str]] = []
+    owned_at_kill: list[dict[str, int]] = []
+    """Per kill: the instances the victim owned just before it, with its lease epoch."""
     paths: list[str] = []
     recoveries: list[float] = []
     verdict = oracle.Verdict()
@@ -82,9 +84,10 @@ async def test_a_successor_with_the_same_name_recovers_its_predecessors_work(
             )
             stream.begin()
 
-            async def active_owned_by(worker_id: str | None) -> set[str]:
-                items = (await client.list(limit=10_000)).items
-                return {d.id for d in items if d.owner == worker_id and d.status == "running"}
+            async def active_owned_by(worker_id: str | None) -> dict[str, int]:
+                # The store's rows: they carry the lease epoch, which descriptions do not.
+                page = await client.store.list_instances(ListFilter(status="running"), limit=10_000)
+                return {r.id: r.epoch for r in page.items if r.owner == worker_id}
 
             try:
                 for n in range(n_kills()):
@@ -153,21 +156,15 @@ async def test_a_successor_with_the_same_name_recovers_its_predecessors_work(
     )
     # The successor took the predecessor's instances over as a new incarnation.
     stale = []
+    # The epoch comes from the store's row, not from the victim's executions: an instance
+    # it had just claimed may have run nothing yet.
     for kill, owned in zip(kills, owned_at_kill, strict=True):
-        before = {
-            i: max(
-                (e.lease_epoch or 0)
-                for e in entries
-                if e.instance == i and e.started_at <= kill.signalled_at
-            )
-            for i in owned
-        }
         stale += [
             e
             for e in entries
             if e.instance in owned
             and e.started_at > kill.signalled_at
-            and (e.worker_id == kill.worker_id or (e.lease_epoch or 0) <= before[e.instance])
+            and (e.worker_id == kill.worker_id or (e.lease_epoch or 0) <= owned[e.instance])
         ]
     verdict.add("executions after a kill in the dead incarnation or its lease epoch", stale)
     verdict.add("errors in worker logs", [line for w in workers for line in w.log_errors()])
